@@ -1,0 +1,52 @@
+"""notification-socketio: push JSON messages to every open tab of a user, over Socket.IO."""
+import dataclasses
+
+__version__ = '1.0.0'
+
+
+@dataclasses.dataclass
+class Server:
+    """The parts of one running server, kept in `app.extensions['notification_socketio']`."""
+
+    config: object
+    state: object
+    delivery: object
+    socketio: object
+
+
+def create_app(config=None):
+    """Build the Flask app with its REST API and Socket.IO server.
+
+    `config` is a Config; without it the environment is read (ConfigError if it is wrong).
+    """
+    from flask import Flask
+    from flask_socketio import SocketIO
+
+    from . import api, events
+    from .config import Config
+    from .delivery import Delivery
+    from .logs import configure_logging
+    from .state import create_state
+
+    config = config or Config.from_env()
+    configure_logging(config)
+    app = Flask(__name__)
+    app.config['MAX_CONTENT_LENGTH'] = config.max_message_bytes
+    app.register_blueprint(api.bp)
+
+    socketio = SocketIO()
+    events.init_socketio(socketio)
+    socketio.init_app(
+        app,
+        async_mode='gevent',
+        cors_allowed_origins=config.cors_allowed_origins,
+        ping_interval=config.ping_interval,
+        ping_timeout=config.ping_timeout,
+        manage_session=False,
+        logger=False,
+        engineio_logger=False,
+    )
+    state = create_state(config)
+    app.extensions['notification_socketio'] = Server(
+        config=config, state=state, delivery=Delivery(socketio, state), socketio=socketio)
+    return app

@@ -1,0 +1,118 @@
+"""The REST API the backend calls: register a connection, push a message, status."""
+import functools
+import hmac
+import logging
+
+from flask import Blueprint, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from . import __version__
+from .delivery import redact
+from .validation import InvalidInput, check_id, parse_json
+
+bp = Blueprint('api', __name__, url_prefix='/api')
+log = logging.getLogger(__name__)
+
+
+def require_token(view):
+    """Answer 401 unless X-AUTH-TOKEN is one of the configured tokens."""
+    @functools.wraps(view)
+    def wrapped(*args, **kwargs):
+        given = request.headers.get('X-AUTH-TOKEN', '').encode()
+        matched = False
+        for token in _server().config.auth_tokens:
+            # Compare with every token, always: the time taken tells nothing.
+            matched |= hmac.compare_digest(given, token.encode())
+        if not matched:
+            return error_response(401, 'missing or wrong X-AUTH-TOKEN header')
+        return view(*args, **kwargs)
+    return wrapped
+
+
+@bp.get('/status/ping')
+def ping():
+    """Liveness: answers `pong`, no token needed."""
+    return 'pong', 200, {'Content-Type': 'text/plain; charset=utf-8'}
+
+
+@bp.get('/status/info')
+def info():
+    """The server's name and version, no token needed."""
+    return {'name': 'notification-socketio', 'version': __version__}
+
+
+@bp.put('/<path:user_id>/register')
+@require_token
+def register(user_id):
+    """Create a registration that one socket can then claim with `register`."""
+    user_id = check_id(user_id, 'userId')
+    connection_id = check_id(request.args.get('connectionId'), 'connectionId')
+    server = _server()
+    server.state.register(user_id, connection_id)
+    log.info('registered connection %s for user %s', redact(connection_id), user_id)
+    return {'ok': True, 'ttl': server.config.registration_ttl}
+
+
+@bp.post('/<path:user_id>/push')
+@require_token
+def push(user_id):
+    """Send `message` to every socket of the user; answer with its message id."""
+    user_id = check_id(user_id, 'userId')
+    entry = _server().delivery.push(user_id, _read_message())
+    return {'id': entry.message_id}
+
+
+def _read_message():
+    """The `message` of a JSON or form-encoded body."""
+    body = request.get_data()
+    if request.mimetype == 'application/x-www-form-urlencoded':
+        if 'message' in request.form:
+            return request.form['message']
+        # `curl -d '{"message": ...}'` sends JSON labelled as a form.
+        try:
+            payload = parse_json(body)
+        except InvalidInput:
+            raise InvalidInput(_NO_MESSAGE) from None
+    elif body:
+        payload = parse_json(body)
+    else:
+        raise InvalidInput(_NO_MESSAGE)
+    if not isinstance(payload, dict) or payload.get('message') is None:
+        raise InvalidInput(_NO_MESSAGE)
+    return payload['message']
+
+
+_NO_MESSAGE = ('the body must be JSON with a "message" field, like {"message": ...}, '
+               'or form-encoded message=...')
+
+
+def error_response(status, message):
+    """The JSON error every failure answers with."""
+    return jsonify(error=message), status
+
+
+@bp.app_errorhandler(InvalidInput)
+def _invalid_input(error):
+    return error_response(400, str(error))
+
+
+@bp.app_errorhandler(HTTPException)
+def _http_error(error):
+    return error_response(error.code, _HTTP_ERRORS.get(error.code, error.name))
+
+
+@bp.app_errorhandler(Exception)
+def _unexpected_error(error):
+    log.exception('unexpected error on %s %s', request.method, request.path)
+    return error_response(500, 'internal error')
+
+
+_HTTP_ERRORS = {
+    404: 'no such route',
+    405: 'method not allowed on this route',
+    413: 'the body is larger than MAX_MESSAGE_BYTES',
+}
+
+
+def _server():
+    return current_app.extensions['notification_socketio']

@@ -1,0 +1,115 @@
+"""Configuration: read from the environment once, validated, frozen."""
+import dataclasses
+import os
+from urllib.parse import urlsplit
+
+
+class ConfigError(ValueError):
+    """A setting is missing or wrong; the message is one line for the operator."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Every setting of the server, as API.md's configuration table lists it."""
+
+    auth_tokens: tuple
+    port: int = 3000
+    redis_url: str = None
+    cors_allowed_origins: object = '*'
+    registration_ttl: int = 86400
+    history_size: int = 100
+    history_ttl: int = 300
+    max_message_bytes: int = 65536
+    log_format: str = 'text'
+    console: bool = True
+    socketio_client_url: str = (
+        'https://cdn.socket.io/4.8.1/socket.io.min.js')
+    ping_interval: float = 25.0
+    ping_timeout: float = 20.0
+
+    @classmethod
+    def from_env(cls, environ=None):
+        """Build the configuration from environment variables (os.environ by default)."""
+        env = os.environ if environ is None else environ
+        tokens = tuple(t.strip() for t in env.get('AUTH_TOKEN', '').split(',')
+                       if t.strip())
+        if not tokens:
+            raise ConfigError(
+                'AUTH_TOKEN is not set: refusing to start with an open API '
+                '(set AUTH_TOKEN to one token, or several separated by commas)')
+        return cls(
+            auth_tokens=tokens,
+            port=_int(env, 'PORT', 3000, low=1, high=65535),
+            redis_url=_redis_url(env.get('REDIS_URL', '').strip() or None),
+            cors_allowed_origins=_origins(env.get('CORS_ALLOWED_ORIGINS', '*')),
+            registration_ttl=_int(env, 'REGISTRATION_TTL', 86400, low=1),
+            history_size=_int(env, 'HISTORY_SIZE', 100, low=0),
+            history_ttl=_int(env, 'HISTORY_TTL', 300, low=0),
+            max_message_bytes=_int(env, 'MAX_MESSAGE_BYTES', 65536, low=64),
+            log_format=_choice(env, 'LOG_FORMAT', 'text', ('text', 'json')),
+            console=_choice(env, 'CONSOLE', '1', ('0', '1')) == '1',
+            socketio_client_url=(env.get('SOCKETIO_CLIENT_URL', '').strip()
+                                 or cls.socketio_client_url),
+            ping_interval=_float(env, 'PING_INTERVAL', 25.0),
+            ping_timeout=_float(env, 'PING_TIMEOUT', 20.0),
+        )
+
+    @classmethod
+    def for_testing(cls, **overrides):
+        """A valid configuration with one token, for tests and tools."""
+        return dataclasses.replace(cls(auth_tokens=('test-token',)), **overrides)
+
+
+def _int(env, name, default, low=None, high=None):
+    raw = env.get(name, '').strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f'{name} must be a whole number, not {raw!r}') from None
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f'at least {low}' if high is None else f'between {low} and {high}'
+        raise ConfigError(f'{name} must be {bounds}, not {value}')
+    return value
+
+
+def _float(env, name, default):
+    raw = env.get(name, '').strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f'{name} must be a number of seconds, not {raw!r}') from None
+    if not 0 < value <= 3600:
+        raise ConfigError(f'{name} must be between 0 and 3600 seconds, not {raw}')
+    return value
+
+
+def _choice(env, name, default, choices):
+    value = env.get(name, '').strip().lower() or default
+    if value not in choices:
+        raise ConfigError(f'{name} must be one of {", ".join(choices)}, not {value!r}')
+    return value
+
+
+def _origins(raw):
+    origins = [o.strip().rstrip('/') for o in raw.split(',') if o.strip()]
+    if not origins or '*' in origins:
+        return '*'
+    for origin in origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in ('http', 'https') or not parts.netloc:
+            raise ConfigError(
+                f'CORS_ALLOWED_ORIGINS entries must look like https://host[:port], '
+                f'not {origin!r}')
+    return origins
+
+
+def _redis_url(url):
+    if url is None:
+        return None
+    if urlsplit(url).scheme not in ('redis', 'rediss'):
+        raise ConfigError('REDIS_URL must start with redis:// or rediss://')
+    return url

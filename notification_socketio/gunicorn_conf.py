@@ -1,0 +1,47 @@
+"""gunicorn settings for a push server; `gunicorn wsgi:app` reads them via gunicorn.conf.py.
+
+Command-line flags still win over these, as usual with gunicorn.
+"""
+import sys
+
+from notification_socketio.config import Config, ConfigError
+
+try:
+    _config = Config.from_env()
+except ConfigError as _error:
+    # Fail closed before any worker starts, in one line, with a non-zero exit.
+    sys.exit(f'notification-socketio: {_error}')
+
+bind = [f'0.0.0.0:{_config.port}']
+worker_class = 'geventwebsocket.gunicorn.workers.GeventWebSocketWorker'
+# One worker: long-polling needs every request of a session on the same process.
+# WEB_CONCURRENCY (set by PaaS) is deliberately not read; scale out with processes + Redis.
+workers = 1
+# Every WebSocket and every pending long-poll holds one slot; gunicorn's default is 1000.
+worker_connections = 20000
+timeout = 30
+graceful_timeout = 15
+keepalive = 75
+# Access lines without the query string: it carries connectionIds.
+access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms'
+errorlog = '-'
+loglevel = 'info'
+# The control socket is shared by every gunicorn on the host (STACK.md); a push server needs none.
+control_socket_disable = True
+
+
+def on_starting(server):
+    """Refuse several workers in one process when they cannot share state."""
+    if server.cfg.workers > 1 and not _config.redis_url:
+        sys.exit('notification-socketio: several workers need REDIS_URL to share state; '
+                 'run one worker per process (-w 1)')
+    if server.cfg.workers > 1:
+        server.log.warning('%d workers in one process: long-polling clients need every '
+                           'request on the same worker; prefer one worker per process '
+                           'behind a sticky load balancer', server.cfg.workers)
+
+
+def post_worker_init(worker):
+    """On SIGTERM, close every Socket.IO connection so that the worker drains quickly."""
+    from notification_socketio.shutdown import install_drain
+    install_drain(worker)

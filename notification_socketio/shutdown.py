@@ -1,0 +1,38 @@
+"""Graceful shutdown: on SIGTERM, finish the requests under way and hand clients over."""
+import logging
+import signal
+
+import gevent
+
+log = logging.getLogger(__name__)
+
+
+def install_drain(worker):
+    """Chain a drain onto gunicorn's SIGTERM handler in this worker."""
+    socketio = worker.wsgi.extensions['notification_socketio'].socketio
+
+    def on_sigterm(signum, frame):
+        worker.handle_exit(signum, frame)
+        if not draining:
+            draining.append(gevent.spawn(close_connections, socketio.server.eio))
+
+    draining = []
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def close_connections(eio):
+    """Drop every Engine.IO connection until the worker exits.
+
+    The transport is dropped without a Socket.IO disconnect or an Engine.IO close packet:
+    after either the official clients stop for good, whereas after a lost transport they
+    reconnect (to another process, or to this one restarted) and recover what they missed.
+    gunicorn stops accepting within a second; until then a connection may still arrive,
+    so this repeats.
+    """
+    log.info('SIGTERM: closing %d connections', len(eio.sockets))
+    while True:
+        for sid, socket in list(eio.sockets.items()):
+            socket.close(wait=False, abort=True, reason=eio.reason.SERVER_DISCONNECT)
+            eio.sockets.pop(sid, None)
+        gevent.sleep(0.5)

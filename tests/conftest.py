@@ -1,0 +1,220 @@
+"""Shared fixtures: free ports, the real server under gunicorn, real Socket.IO clients."""
+import contextlib
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import engineio
+import pytest
+import requests
+import socketio
+
+from notification_socketio import create_app
+from notification_socketio.config import Config
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = 'test-token'
+TRANSPORTS = ['websocket', 'polling']
+
+# python-socketio's polling client drops the connection on more than 16 packets per poll
+# (python-engineio issue 142); the JavaScript client has no such limit.
+engineio.payload.Payload.max_decode_packets = 100_000
+
+
+def free_port():
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate, timeout=10.0, interval=0.02, message='condition'):
+    """Poll `predicate` until it returns a true value, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f'timed out after {timeout}s waiting for {message}')
+        time.sleep(interval)
+
+
+class ServerProcess:
+    """One real `gunicorn wsgi:app` on a free port, with the project's gunicorn.conf.py."""
+
+    def __init__(self, env=None, args=(), port=None, bind=True):
+        self.port = port or free_port()
+        self.bind = ['--bind', f'127.0.0.1:{self.port}'] if bind else []
+        self.url = f'http://127.0.0.1:{self.port}'
+        self.env = {**os.environ, 'AUTH_TOKEN': TOKEN, 'PYTHONUNBUFFERED': '1',
+                    **(env or {})}
+        self.args = list(args)
+        self.process = None
+        self.log_path = None
+
+    def start(self, wait=True):
+        """Start gunicorn and wait until it answers /api/status/ping."""
+        log_dir = ROOT / 'tests' / 'artifacts'
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f'server-{self.port}.log'
+        self.process = subprocess.Popen(
+            [sys.executable, '-m', 'gunicorn', *self.bind, *self.args, 'wsgi:app'],
+            cwd=ROOT, env=self.env, stdout=open(self.log_path, 'ab'),
+            stderr=subprocess.STDOUT)
+        if wait:
+            wait_for(self.answers, timeout=30, message=f'server on port {self.port}')
+        return self
+
+    def answers(self):
+        """True when the server answers its ping route."""
+        if self.process.poll() is not None:
+            raise AssertionError(f'server exited with {self.process.returncode}:\n{self.log()}')
+        try:
+            return requests.get(self.url + '/api/status/ping', timeout=1).text == 'pong'
+        except requests.RequestException:
+            return False
+
+    def log(self):
+        """What the server printed so far."""
+        return self.log_path.read_text(errors='replace') if self.log_path else ''
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        """Signal the server and wait for it to exit; return its exit code."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    # REST helpers, as a backend calls them
+    def register(self, user_id, connection_id):
+        """PUT /api/{userId}/register; return the response."""
+        return requests.put(f'{self.url}/api/{user_id}/register',
+                            params={'connectionId': connection_id},
+                            headers={'X-AUTH-TOKEN': TOKEN}, timeout=10)
+
+    def push(self, user_id, message):
+        """POST /api/{userId}/push with a JSON body; return the response."""
+        return requests.post(f'{self.url}/api/{user_id}/push', json={'message': message},
+                             headers={'X-AUTH-TOKEN': TOKEN}, timeout=10)
+
+
+class Listener:
+    """A python-socketio client that records every `message` event it receives."""
+
+    def __init__(self, url, transport='websocket', reconnection=False):
+        self.url = url
+        self.transport = transport
+        self.messages = queue.Queue()
+        self.sio = socketio.Client(reconnection=reconnection,
+                                   reconnection_delay=0.2, reconnection_delay_max=0.5)
+        self.sio.on('message', self._on_message)
+
+    def _on_message(self, message, meta=None):
+        self.messages.put((message, meta))
+
+    def connect(self):
+        """Connect with this listener's transport only."""
+        self.sio.connect(self.url, transports=[self.transport], wait_timeout=10)
+        return self
+
+    def register(self, user_id, connection_id, *extra):
+        """Emit `register` and return its acknowledgement."""
+        return self.sio.call('register', (user_id, connection_id, *extra), timeout=10)
+
+    def get(self, timeout=10):
+        """The next (message, meta) received, or fail after `timeout` seconds."""
+        try:
+            return self.messages.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f'no message within {timeout}s') from None
+
+    def received_nothing(self, within=0.5):
+        """True if no message arrives within `within` seconds.
+
+        Only ever used after a later message proved the earlier one would have arrived.
+        """
+        try:
+            self.messages.get(timeout=within)
+            return False
+        except queue.Empty:
+            return True
+
+    def close(self):
+        """Disconnect, ignoring a connection that is already gone."""
+        with contextlib.suppress(Exception):
+            self.sio.disconnect()
+
+
+@pytest.fixture(scope='session')
+def server():
+    """One gunicorn server shared by the tests that do not restart it."""
+    process = ServerProcess().start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def start_server():
+    """Start servers with their own environment; all are stopped after the test."""
+    started = []
+
+    def start(env=None, args=(), wait=True, port=None, bind=True):
+        process = ServerProcess(env=env, args=args, port=port, bind=bind).start(wait=wait)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def listeners():
+    """Make Listener clients; all are closed after the test."""
+    made = []
+
+    def make(url, transport='websocket', reconnection=False):
+        listener = Listener(url, transport, reconnection)
+        made.append(listener)
+        return listener
+
+    yield make
+    for listener in made:
+        listener.close()
+
+
+@pytest.fixture
+def app():
+    """An app on the in-memory state, for Flask's and Flask-SocketIO's test clients."""
+    return create_app(Config.for_testing(auth_tokens=(TOKEN, 'second-token')))
+
+
+@pytest.fixture
+def rest(app):
+    """Flask's test client."""
+    return app.test_client()
+
+
+@pytest.fixture
+def socket_client(app, rest):
+    """Make Flask-SocketIO test clients of `app`."""
+    socketio_ = app.extensions['notification_socketio'].socketio
+
+    def make():
+        return socketio_.test_client(app, flask_test_client=rest)
+    return make
+
+
+def auth(token=TOKEN):
+    """The token header."""
+    return {'X-AUTH-TOKEN': token}

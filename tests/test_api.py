@@ -1,0 +1,135 @@
+"""The REST API through Flask's test client."""
+import json
+
+import pytest
+
+from conftest import TOKEN, auth
+from notification_socketio.validation import MAX_ID_LENGTH
+
+
+def test_ping_and_info_need_no_token(rest):
+    response = rest.get('/api/status/ping')
+    assert response.status_code == 200
+    assert response.get_data(as_text=True) == 'pong'
+    info = rest.get('/api/status/info')
+    assert info.status_code == 200
+    assert info.json['name'] == 'notification-socketio'
+    assert info.json['version']
+
+
+@pytest.mark.parametrize('method, path', [
+    ('put', '/api/u1/register?connectionId=c1'),
+    ('post', '/api/u1/push'),
+])
+@pytest.mark.parametrize('headers', [{}, {'X-AUTH-TOKEN': 'wrong'},
+                                     {'X-AUTH-TOKEN': TOKEN + 'x'},
+                                     {'X-AUTH-TOKEN': ''}])
+def test_token_is_required(rest, method, path, headers):
+    response = getattr(rest, method)(path, headers=headers, json={'message': 'hi'})
+    assert response.status_code == 401
+    assert response.json == {'error': 'missing or wrong X-AUTH-TOKEN header'}
+
+
+def test_every_configured_token_is_accepted(rest):
+    for token in (TOKEN, 'second-token'):
+        response = rest.put('/api/u1/register?connectionId=c1', headers=auth(token))
+        assert response.status_code == 200, token
+
+
+def test_register(rest):
+    response = rest.put('/api/u1/register?connectionId=c1', headers=auth())
+    assert response.status_code == 200
+    assert response.json == {'ok': True, 'ttl': 86400}
+
+
+@pytest.mark.parametrize('query', ['', '?connectionId=', '?other=1',
+                                   '?connectionId=' + 'c' * (MAX_ID_LENGTH + 1)])
+def test_register_needs_a_connection_id(rest, query):
+    response = rest.put('/api/u1/register' + query, headers=auth())
+    assert response.status_code == 400
+    assert 'connectionId' in response.json['error']
+
+
+def test_push_answers_with_increasing_message_ids(rest):
+    ids = [rest.post('/api/u1/push', json={'message': n}, headers=auth()).json['id']
+           for n in range(5)]
+    keys = [tuple(int(part) for part in message_id.split('-')) for message_id in ids]
+    assert keys == sorted(keys)
+    assert len(set(ids)) == 5
+
+
+@pytest.mark.parametrize('message', [
+    'text', 0, False, '', [1, 2], {'nested': {'deep': [None, 1.5]}}, 'Grüße, 世界 🚀'])
+def test_push_accepts_any_json_message(rest, message):
+    response = rest.post('/api/u1/push', json={'message': message}, headers=auth())
+    assert response.status_code == 200
+    assert response.json['id']
+
+
+def test_push_accepts_a_form_encoded_message(rest):
+    response = rest.post('/api/u1/push', data={'message': 'hello'}, headers=auth())
+    assert response.status_code == 200
+
+
+def test_push_reads_json_sent_without_a_content_type(rest):
+    response = rest.post('/api/u1/push', data=json.dumps({'message': 'x'}),
+                         headers={**auth(), 'Content-Type': 'application/x-www-form-urlencoded'})
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize('body, content_type, error', [
+    ('', 'application/json', '"message" field'),
+    ('{"message": ', 'application/json', 'not valid JSON'),
+    ('{"message": NaN}', 'application/json', 'not valid JSON'),
+    ('[' * 100_00 + ']' * 100_00, 'application/json', None),
+    ('{"other": 1}', 'application/json', '"message" field'),
+    ('{"message": null}', 'application/json', '"message" field'),
+    ('"message"', 'application/json', '"message" field'),
+    ('\xff\xfe', 'application/json', 'not valid JSON'),
+    ('other=1', 'application/x-www-form-urlencoded', '"message" field'),
+    ('message', 'text/plain', 'not valid JSON'),
+])
+def test_push_rejects_bad_bodies(rest, body, content_type, error):
+    response = rest.post('/api/u1/push', data=body.encode('latin-1'),
+                         headers={**auth(), 'Content-Type': content_type})
+    assert response.status_code == 400
+    if error:
+        assert error in response.json['error']
+
+
+def test_push_rejects_a_body_over_the_limit(rest, app):
+    limit = app.extensions['notification_socketio'].config.max_message_bytes
+    response = rest.post('/api/u1/push', json={'message': 'x' * limit}, headers=auth())
+    assert response.status_code == 413
+    assert 'MAX_MESSAGE_BYTES' in response.json['error']
+
+
+def test_user_id_too_long_is_rejected(rest):
+    response = rest.post('/api/' + 'u' * (MAX_ID_LENGTH + 1) + '/push',
+                         json={'message': 1}, headers=auth())
+    assert response.status_code == 400
+    assert 'userId' in response.json['error']
+
+
+@pytest.mark.parametrize('method, path, status', [
+    ('get', '/nowhere', 404),
+    ('get', '/api/u1/push', 405),
+    ('delete', '/api/status/ping', 405),
+    ('get', '/api/u1/register', 405),
+])
+def test_routing_errors_are_json(rest, method, path, status):
+    response = getattr(rest, method)(path, headers=auth())
+    assert response.status_code == status
+    assert response.is_json
+    assert response.json['error']
+
+
+def test_unexpected_errors_are_json_without_a_traceback(rest, app, monkeypatch):
+    delivery = app.extensions['notification_socketio'].delivery
+
+    def broken(*_):
+        raise RuntimeError('secret detail')
+    monkeypatch.setattr(delivery, 'push', broken)
+    response = rest.post('/api/u1/push', json={'message': 1}, headers=auth())
+    assert response.status_code == 500
+    assert response.json == {'error': 'internal error'}

@@ -1,0 +1,47 @@
+"""Configuration from the environment."""
+import pytest
+
+from notification_socketio.config import Config, ConfigError
+
+
+def test_defaults_need_only_a_token():
+    config = Config.from_env({'AUTH_TOKEN': 'secret'})
+    assert config.auth_tokens == ('secret',)
+    assert (config.port, config.redis_url, config.cors_allowed_origins) == (3000, None, '*')
+    assert (config.registration_ttl, config.history_size, config.history_ttl) == (86400, 100, 300)
+    assert (config.max_message_bytes, config.log_format, config.console) == (65536, 'text', True)
+
+
+@pytest.mark.parametrize('value', [None, '', ' ', ',', ' , '])
+def test_no_token_means_no_server(value):
+    env = {} if value is None else {'AUTH_TOKEN': value}
+    with pytest.raises(ConfigError, match='AUTH_TOKEN'):
+        Config.from_env(env)
+
+
+def test_several_tokens_for_rotation():
+    assert Config.from_env({'AUTH_TOKEN': 'old, new,'}).auth_tokens == ('old', 'new')
+
+
+def test_values_are_read():
+    config = Config.from_env({
+        'AUTH_TOKEN': 't', 'PORT': '8080', 'REDIS_URL': 'rediss://h:6380/1',
+        'CORS_ALLOWED_ORIGINS': 'https://a.example, http://b.example:8000/',
+        'REGISTRATION_TTL': '10', 'HISTORY_SIZE': '0', 'HISTORY_TTL': '5',
+        'MAX_MESSAGE_BYTES': '1024', 'LOG_FORMAT': 'JSON', 'CONSOLE': '0'})
+    assert config.port == 8080 and config.redis_url == 'rediss://h:6380/1'
+    assert config.cors_allowed_origins == ['https://a.example', 'http://b.example:8000']
+    assert (config.registration_ttl, config.history_size, config.history_ttl) == (10, 0, 5)
+    assert config.max_message_bytes == 1024 and config.log_format == 'json'
+    assert config.console is False
+
+
+@pytest.mark.parametrize('name, value', [
+    ('PORT', 'eighty'), ('PORT', '0'), ('PORT', '70000'), ('REGISTRATION_TTL', '0'),
+    ('HISTORY_SIZE', '-1'), ('MAX_MESSAGE_BYTES', '1'), ('LOG_FORMAT', 'xml'),
+    ('CONSOLE', 'maybe'), ('REDIS_URL', 'http://localhost:6379'),
+    ('CORS_ALLOWED_ORIGINS', 'example.com'), ('PING_INTERVAL', '0'),
+])
+def test_wrong_values_are_refused_by_name(name, value):
+    with pytest.raises(ConfigError, match=name):
+        Config.from_env({'AUTH_TOKEN': 't', name: value})
