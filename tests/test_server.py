@@ -155,6 +155,17 @@ def test_the_server_fails_closed_with_one_line(start_server, env, args):
         requests.get(server.url + '/api/status/ping', timeout=2)
 
 
+def test_the_app_fails_closed_without_the_gunicorn_settings_too(start_server, tmp_path):
+    bare_config = tmp_path / 'bare.conf.py'
+    bare_config.write_text('')
+    server = start_server(env={'AUTH_TOKEN': ''}, wait=False, args=[
+        '-c', str(bare_config), '--no-control-socket',
+        '-k', 'geventwebsocket.gunicorn.workers.GeventWebSocketWorker'])
+    assert server.process.wait(timeout=60) != 0
+    assert 'notification-socketio: AUTH_TOKEN is not set' in server.log()
+    assert 'Traceback' not in server.log()
+
+
 def test_the_console_script_fails_closed_too():
     result = subprocess.run([sys.executable, '-m', 'notification_socketio.cli', 'serve'],
                             env={'PATH': '/usr/bin:/bin'}, capture_output=True, text=True,
