@@ -25,6 +25,7 @@ def create_app(config=None):
     from . import api, events
     from .config import Config
     from .delivery import Delivery
+    from .fanout import RedisFanout
     from .logs import configure_logging
     from .state import create_state
 
@@ -34,8 +35,15 @@ def create_app(config=None):
     app.config['MAX_CONTENT_LENGTH'] = config.max_message_bytes
     app.register_blueprint(api.bp)
 
+    state = create_state(config)
     socketio = SocketIO()
+    delivery = Delivery(socketio, state)
     events.init_socketio(socketio)
+    options = {}
+    if config.redis_url:
+        options['client_manager'] = RedisFanout(
+            config.redis_url, channel=state.channel,
+            on_message=delivery.deliver, on_subscribed=delivery.resync)
     socketio.init_app(
         app,
         async_mode='gevent',
@@ -45,8 +53,8 @@ def create_app(config=None):
         manage_session=False,
         logger=False,
         engineio_logger=False,
+        **options,
     )
-    state = create_state(config)
     app.extensions['notification_socketio'] = Server(
-        config=config, state=state, delivery=Delivery(socketio, state), socketio=socketio)
+        config=config, state=state, delivery=delivery, socketio=socketio)
     return app

@@ -8,6 +8,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import __version__
 from .delivery import redact
+from .state import StateUnavailable
 from .validation import InvalidInput, check_id, parse_json
 
 bp = Blueprint('api', __name__, url_prefix='/api')
@@ -94,6 +95,13 @@ def error_response(status, message):
 @bp.app_errorhandler(InvalidInput)
 def _invalid_input(error):
     return error_response(400, str(error))
+
+
+@bp.app_errorhandler(StateUnavailable)
+def _state_unavailable(error):
+    log.warning('%s %s: %s', request.method, request.path, error)
+    return error_response(503, 'the server cannot reach its shared state (Redis) right now; '
+                               'nothing was done, retry')
 
 
 @bp.app_errorhandler(HTTPException)

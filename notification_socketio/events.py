@@ -2,7 +2,7 @@
 from flask import current_app, request
 
 from .delivery import NAMESPACE
-from .state import NotRegistered, parse_message_id
+from .state import NotRegistered, StateUnavailable, parse_message_id
 from .validation import InvalidInput, check_id
 
 
@@ -19,7 +19,10 @@ def on_register(*args):
     except InvalidInput as error:
         return {'ok': False, 'error': str(error)}
     try:
-        _delivery().attach(request.sid, user_id, connection_id)
+        _delivery().attach(request.sid, user_id, connection_id, since)
+    except StateUnavailable:
+        return {'ok': False, 'error': 'the server cannot reach its state right now; '
+                                      'register again in a moment'}
     except NotRegistered:
         return {'ok': False, 'error': 'no valid registration for this userId and '
                                       'connectionId: the backend registers it first '

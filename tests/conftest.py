@@ -2,6 +2,7 @@
 import contextlib
 import os
 import queue
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +21,8 @@ from notification_socketio.config import Config
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = 'test-token'
 TRANSPORTS = ['websocket', 'polling']
+# A dead connection is noticed in about two seconds instead of 45.
+FAST_HEARTBEAT = {'PING_INTERVAL': '1', 'PING_TIMEOUT': '1'}
 
 # python-socketio's polling client drops the connection on more than 16 packets per poll
 # (python-engineio issue 142); the JavaScript client has no such limit.
@@ -66,7 +69,7 @@ class ServerProcess:
         self.process = subprocess.Popen(
             [sys.executable, '-m', 'gunicorn', *self.bind, *self.args, 'wsgi:app'],
             cwd=ROOT, env=self.env, stdout=open(self.log_path, 'ab'),
-            stderr=subprocess.STDOUT)
+            stderr=subprocess.STDOUT, start_new_session=True)
         if wait:
             wait_for(self.answers, timeout=30, message=f'server on port {self.port}')
         return self
@@ -83,6 +86,12 @@ class ServerProcess:
     def log(self):
         """What the server printed so far."""
         return self.log_path.read_text(errors='replace') if self.log_path else ''
+
+    def kill(self):
+        """SIGKILL the master and its worker at once, as a crashed host would lose them."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
 
     def stop(self, sig=signal.SIGTERM, timeout=30):
         """Signal the server and wait for it to exit; return its exit code."""
@@ -106,6 +115,12 @@ class ServerProcess:
         """POST /api/{userId}/push with a JSON body; return the response."""
         return requests.post(f'{self.url}/api/{user_id}/push', json={'message': message},
                              headers={'X-AUTH-TOKEN': TOKEN}, timeout=10)
+
+    def pushed(self, user_id, message):
+        """Push, insist on 200, and return the message id."""
+        response = self.push(user_id, message)
+        assert response.status_code == 200, (response.status_code, response.text)
+        return response.json()['id']
 
 
 class Listener:
@@ -131,6 +146,45 @@ class Listener:
         """Emit `register` and return its acknowledgement."""
         return self.sio.call('register', (user_id, connection_id, *extra), timeout=10)
 
+    def follow(self, user_id, connection_id, options=None):
+        """Connect and claim the registration, and claim it again on every reconnect.
+
+        This is what README's browser snippet does. Each acknowledgement lands in `acks`.
+        """
+        self.acks = queue.Queue()
+        arguments = (user_id, connection_id) + ((options,) if options else ())
+
+        def on_connect():
+            self.sio.emit('register', arguments, callback=self.acks.put)
+        self.sio.on('connect', on_connect)
+        self.connect()
+        assert self.next_ack() == {'ok': True}
+        return self
+
+    def next_ack(self, timeout=30):
+        """The acknowledgement of the next `register` that `follow` emits."""
+        try:
+            return self.acks.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f'no register acknowledgement within {timeout}s') from None
+
+    def until_received(self, message_ids, timeout=30):
+        """Read messages until all of `message_ids` came; return every id seen, first-seen order.
+
+        Duplicates are allowed (delivery is at least once) and not repeated in the result.
+        """
+        seen = []
+        deadline = time.monotonic() + timeout
+        while not set(message_ids) <= set(seen):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                missing = [m for m in message_ids if m not in seen]
+                raise AssertionError(f'never received {missing}; received {seen}')
+            _, meta = self.get(timeout=remaining)
+            if meta['id'] not in seen:
+                seen.append(meta['id'])
+        return seen
+
     def get(self, timeout=10):
         """The next (message, meta) received, or fail after `timeout` seconds."""
         try:
@@ -155,6 +209,63 @@ class Listener:
             self.sio.disconnect()
 
 
+class RedisServer:
+    """A real redis-server on a free port, in its own folder; it can be stopped and restarted."""
+
+    def __init__(self, directory):
+        self.binary = shutil.which('redis-server')
+        if self.binary is None:
+            message = 'redis-server is not installed (apt-get install redis-server)'
+            if os.environ.get('CI'):
+                pytest.fail(message)
+            pytest.skip(message)
+        self.directory = directory
+        self.port = free_port()
+        self.url = f'redis://127.0.0.1:{self.port}/0'
+        self.process = None
+
+    def start(self):
+        """Start it (with what it saved before, if anything) and wait until it answers."""
+        self.process = subprocess.Popen(
+            [self.binary, '--port', str(self.port), '--bind', '127.0.0.1', '--save', '',
+             '--appendonly', 'no', '--dir', str(self.directory), '--dbfilename', 'dump.rdb',
+             '--logfile', str(self.directory / 'redis.log')],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self.answers, timeout=10, message=f'redis-server on port {self.port}')
+        return self
+
+    def client(self):
+        import redis
+        return redis.Redis.from_url(self.url, socket_timeout=5, decode_responses=True)
+
+    def answers(self):
+        """True when it answers PING."""
+        try:
+            with self.client() as client:
+                return client.ping()
+        except Exception:
+            return False
+
+    def stop(self, save=False):
+        """Stop it; with `save`, what it holds comes back on the next start."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        if save:
+            with contextlib.suppress(Exception), self.client() as client:
+                client.shutdown(save=True)
+        else:
+            self.process.kill()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A redis-server of the test's own, on a free port."""
+    server_ = RedisServer(tmp_path).start()
+    yield server_
+    server_.stop()
+
+
 @pytest.fixture(scope='session')
 def server():
     """One gunicorn server shared by the tests that do not restart it."""
@@ -175,7 +286,23 @@ def start_server():
 
     yield start
     for process in started:
-        process.stop(signal.SIGKILL)
+        process.kill()
+
+
+@pytest.fixture
+def proxies():
+    """Make TcpProxy instances in front of a port; all are closed after the test."""
+    from tcp_proxy import TcpProxy
+    made = []
+
+    def make(target_port):
+        proxy = TcpProxy(target_port)
+        made.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in made:
+        proxy.close()
 
 
 @pytest.fixture

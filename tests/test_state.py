@@ -1,12 +1,17 @@
-"""The state interface; every backend must pass the same tests."""
+"""The state interface: every backend passes the same tests."""
+import time
+
 import pytest
 
 from notification_socketio.config import Config
-from notification_socketio.state import NotRegistered, parse_message_id
+from notification_socketio.state import NotRegistered, StateUnavailable, parse_message_id
 from notification_socketio.state.memory import MemoryState
+from notification_socketio.state.redis import RedisState
+
+TTL = 1.0   # seconds, for registrations and history alike
 
 
-class Clock:
+class FakeClock:
     """A clock the test moves by hand."""
 
     def __init__(self):
@@ -15,115 +20,198 @@ class Clock:
     def __call__(self):
         return self.now
 
-
-@pytest.fixture
-def clock():
-    return Clock()
+    def advance(self, seconds):
+        self.now += seconds
 
 
-@pytest.fixture
-def make_state(clock):
-    """Build a state backend with configuration overrides, on the test's clock."""
+class RealClock:
+    """Redis keeps its own time: the test waits for it to pass."""
+
+    @staticmethod
+    def advance(seconds):
+        time.sleep(seconds)
+
+
+@pytest.fixture(params=['memory', 'redis'])
+def backend(request, tmp_path):
+    """Make (state, clock) pairs of one backend, with configuration overrides."""
+    made = []
+
     def make(**overrides):
-        settings = {'registration_ttl': 60, 'history_size': 5, 'history_ttl': 30,
+        settings = {'registration_ttl': TTL, 'history_size': 5, 'history_ttl': TTL,
                     **overrides}
-        config = Config.for_testing(**settings)
-        return MemoryState(config, clock=clock)
-    return make
+        if request.param == 'memory':
+            clock = FakeClock()
+            return MemoryState(Config.for_testing(**settings), clock=clock), clock
+        redis_server = request.getfixturevalue('redis_server')
+        state = RedisState(Config.for_testing(redis_url=redis_server.url, **settings))
+        made.append(state)
+        return state, RealClock()
+
+    yield make
+    for state in made:
+        state.close()
 
 
 @pytest.fixture
-def state(make_state):
-    return make_state()
+def state_and_clock(backend):
+    return backend()
+
+
+@pytest.fixture
+def state(state_and_clock):
+    return state_and_clock[0]
+
+
+@pytest.fixture
+def clock(state_and_clock):
+    return state_and_clock[1]
 
 
 def test_claim_needs_a_registration(state):
     with pytest.raises(NotRegistered):
         state.claim('u1', 'c1', 'sid1')
     state.register('u1', 'c1')
-    assert state.claim('u1', 'c1', 'sid1') is None
+    assert state.claim('u1', 'c1', 'sid1').previous_sid is None
     with pytest.raises(NotRegistered):
         state.claim('u1', 'c2', 'sid1')
     with pytest.raises(NotRegistered):
         state.claim('u2', 'c1', 'sid1')
 
 
+def test_keys_of_similar_ids_do_not_collide(state):
+    state.register('a:b', 'c')
+    with pytest.raises(NotRegistered):
+        state.claim('a', 'b:c', 'sid1')
+    assert state.claim('a:b', 'c', 'sid1').previous_sid is None
+
+
 def test_a_newer_claim_returns_the_older_holder(state):
     state.register('u1', 'c1')
     state.claim('u1', 'c1', 'old')
-    assert state.claim('u1', 'c1', 'new') == 'old'
-    assert state.claim('u1', 'c1', 'new') is None
+    assert state.claim('u1', 'c1', 'new').previous_sid == 'old'
+    assert state.claim('u1', 'c1', 'new').previous_sid is None
 
 
 def test_an_unclaimed_registration_expires_after_the_ttl(state, clock):
     state.register('u1', 'c1')
-    clock.now += 59
+    clock.advance(TTL * 0.6)
     state.claim('u1', 'c1', 'sid1')
     state.release('u1', 'c1', 'sid1')
-    clock.now += 59
-    assert state.claim('u1', 'c1', 'sid2') is None
+    clock.advance(TTL * 0.6)
+    assert state.claim('u1', 'c1', 'sid2').previous_sid is None
     state.release('u1', 'c1', 'sid2')
-    clock.now += 61
+    clock.advance(TTL * 1.2)
     with pytest.raises(NotRegistered):
         state.claim('u1', 'c1', 'sid3')
 
 
-def test_a_held_registration_does_not_expire(state, clock):
+def test_a_held_registration_stays_while_its_socket_confirms(state, clock):
     state.register('u1', 'c1')
     state.claim('u1', 'c1', 'sid1')
-    clock.now += 3600
-    assert state.claim('u1', 'c1', 'sid2') == 'sid1'
+    for _ in range(3):
+        clock.advance(TTL * 0.6)
+        state.confirm('u1', 'c1', 'sid1', None)
+    assert state.claim('u1', 'c1', 'sid2').previous_sid == 'sid1'
 
 
 def test_registering_again_refreshes_the_ttl(state, clock):
     state.register('u1', 'c1')
-    clock.now += 50
+    clock.advance(TTL * 0.6)
     state.register('u1', 'c1')
-    clock.now += 50
-    assert state.claim('u1', 'c1', 'sid1') is None
+    clock.advance(TTL * 0.6)
+    assert state.claim('u1', 'c1', 'sid1').previous_sid is None
 
 
-def test_release_by_a_former_holder_changes_nothing(state, clock):
+def test_release_by_a_former_holder_changes_nothing(state):
     state.register('u1', 'c1')
     state.claim('u1', 'c1', 'old')
     state.claim('u1', 'c1', 'new')
     state.release('u1', 'c1', 'old')
-    clock.now += 3600
-    assert state.claim('u1', 'c1', 'newest') == 'new'
+    state.confirm('u1', 'c1', 'old', '5-0')
+    claim = state.claim('u1', 'c1', 'newest')
+    assert claim.previous_sid == 'new' and claim.delivered_id is None
 
 
-def test_message_ids_increase_per_user_even_within_a_millisecond(state, clock):
+def test_a_new_registration_counts_earlier_messages_as_received(state):
+    earlier = [state.append('u1', n) for n in range(3)]
+    state.register('u1', 'c1')
+    claim = state.claim('u1', 'c1', 'sid1')
+    assert claim.delivered_id == earlier[-1].message_id
+    assert state.history('u1', claim.delivered_id) == []
+    later = state.append('u1', 'later')
+    assert state.history('u1', claim.delivered_id) == [later]
+
+
+def test_a_registration_of_a_user_without_messages_gets_everything(state):
+    state.register('u1', 'c1')
+    assert state.claim('u1', 'c1', 'sid1').delivered_id is None
+    first = state.append('u1', 'first')
+    assert state.history('u1', None) == [first]
+
+
+def test_the_holder_confirms_what_it_received_for_the_next_claim(state):
+    state.register('u1', 'c1')
+    state.claim('u1', 'c1', 'sid1')
     entries = [state.append('u1', n) for n in range(4)]
-    clock.now -= 10   # a clock that steps back must not reorder ids
-    entries.append(state.append('u1', 4))
+    state.confirm('u1', 'c1', 'sid1', entries[1].message_id)
+    state.release('u1', 'c1', 'sid1')
+    claim = state.claim('u1', 'c1', 'sid2')
+    assert claim.delivered_id == entries[1].message_id
+    assert state.history('u1', claim.delivered_id) == entries[2:]
+
+
+def test_message_ids_increase_per_user(state):
+    entries = [state.append('u1', n) for n in range(20)]
     keys = [parse_message_id(entry.message_id) for entry in entries]
-    assert keys == sorted(keys) and len(set(keys)) == 5
-    assert [entry.message for entry in entries] == [0, 1, 2, 3, 4]
+    assert keys == sorted(keys) and len(set(keys)) == 20
+    assert all(entry.ts == key[0] for entry, key in zip(entries, keys))
+
+
+def test_memory_ids_increase_even_when_the_clock_steps_back():
+    clock = FakeClock()
+    state = MemoryState(Config.for_testing(), clock=clock)
+    first = state.append('u1', 1)
+    clock.advance(-10)
+    second = state.append('u1', 2)
+    assert parse_message_id(second.message_id) > parse_message_id(first.message_id)
 
 
 def test_history_keeps_the_newest_entries_after_an_id(state):
-    entries = [state.append('u1', n) for n in range(8)]
+    entries = [state.append('u1', {'n': n, 'text': 'é世🚀'}) for n in range(8)]
     state.append('u2', 'other user')
-    assert [e.message for e in state.history('u1')] == [3, 4, 5, 6, 7]
-    assert [e.message for e in state.history('u1', entries[5].message_id)] == [6, 7]
+    assert [e.message['n'] for e in state.history('u1')] == [3, 4, 5, 6, 7]
+    assert state.history('u1', entries[5].message_id) == entries[6:]
     assert state.history('u1', entries[7].message_id) == []
     assert state.history('nobody') == []
 
 
 def test_history_forgets_entries_older_than_its_ttl(state, clock):
     state.append('u1', 'old')
-    clock.now += 20
-    state.append('u1', 'new')
-    clock.now += 15
-    assert [e.message for e in state.history('u1')] == ['new']
-    clock.now += 20
+    clock.advance(TTL * 0.6)
+    new = state.append('u1', 'new')
+    clock.advance(TTL * 0.6)
+    assert state.history('u1') == [new]
+    clock.advance(TTL * 0.6)
     assert state.history('u1') == []
 
 
-def test_history_can_be_turned_off(make_state):
-    state = make_state(history_size=0)
-    assert state.append('u1', 'x').message_id
+def test_history_can_be_turned_off(backend):
+    state, _ = backend(history_size=0)
+    first = state.append('u1', 'x')
+    second = state.append('u1', 'y')
+    assert parse_message_id(second.message_id) > parse_message_id(first.message_id)
     assert state.history('u1') == []
+
+
+def test_an_unreachable_redis_is_reported_as_unavailable(redis_server):
+    state = RedisState(Config.for_testing(redis_url=redis_server.url))
+    state.register('u1', 'c1')
+    redis_server.stop()
+    for call in (lambda: state.register('u1', 'c1'), lambda: state.append('u1', 'x'),
+                 lambda: state.claim('u1', 'c1', 'sid'), lambda: state.history('u1')):
+        with pytest.raises(StateUnavailable):
+            call()
 
 
 @pytest.mark.parametrize('bad', [None, 5, '', 'abc', '1-', '-1', '1-2-3', 'x' * 100])

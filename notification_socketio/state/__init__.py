@@ -1,11 +1,15 @@
 """State backends, picked by REDIS_URL like python-socketio picks its client manager."""
-from .base import Entry, NotRegistered, State, parse_message_id
+from .base import Claim, Entry, NotRegistered, State, StateUnavailable, parse_message_id
 
 
 def create_state(config):
-    """The state backend the configuration asks for."""
+    """The state backend the configuration asks for: Redis if REDIS_URL is set, else memory."""
+    if config.redis_url:
+        from .redis import RedisState
+        return RedisState(config)
     from .memory import MemoryState
     return MemoryState(config)
 
 
-__all__ = ['Entry', 'NotRegistered', 'State', 'create_state', 'parse_message_id']
+__all__ = ['Claim', 'Entry', 'NotRegistered', 'State', 'StateUnavailable', 'create_state',
+           'parse_message_id']

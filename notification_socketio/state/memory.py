@@ -2,21 +2,24 @@
 import collections
 import time
 
-from .base import Entry, NotRegistered, State, parse_message_id
+from .base import Claim, Entry, NotRegistered, State, parse_message_id
 
 _SWEEP_INTERVAL = 5.0
 
 
 class _Registration:
-    __slots__ = ('holder', 'expires_at')
+    __slots__ = ('holder', 'expires_at', 'delivered_id')
 
-    def __init__(self, expires_at):
+    def __init__(self, expires_at, delivered_id):
         self.holder = None
         self.expires_at = expires_at
+        self.delivered_id = delivered_id
 
 
 class MemoryState(State):
     """Registrations and histories in dicts; gevent never switches inside a method."""
+
+    local = True
 
     def __init__(self, config, clock=time.time):
         super().__init__(config)
@@ -30,20 +33,24 @@ class MemoryState(State):
         now = self._sweep()
         registration = self._registrations.get((user_id, connection_id))
         if registration is None:
+            last = self._last_ids.get(user_id)
             self._registrations[(user_id, connection_id)] = _Registration(
-                now + self.registration_ttl)
+                now + self.registration_ttl, last and f'{last[0]}-{last[1]}')
         elif registration.holder is None:
             registration.expires_at = now + self.registration_ttl
 
     def claim(self, user_id, connection_id, sid):
-        now = self._sweep()
-        registration = self._registrations.get((user_id, connection_id))
-        if registration is None or (registration.holder is None
-                                    and registration.expires_at <= now):
+        registration = self._live_registration(user_id, connection_id)
+        if registration is None:
             raise NotRegistered()
         previous, registration.holder = registration.holder, sid
         registration.expires_at = None
-        return previous if previous != sid else None
+        return Claim(previous if previous != sid else None, registration.delivered_id)
+
+    def confirm(self, user_id, connection_id, sid, message_id):
+        registration = self._registrations.get((user_id, connection_id))
+        if registration is not None and registration.holder == sid and message_id:
+            registration.delivered_id = message_id
 
     def release(self, user_id, connection_id, sid):
         now = self._sweep()
@@ -74,6 +81,14 @@ class MemoryState(State):
         return [entry for entry in self._histories.get(user_id, ())
                 if entry.ts > oldest_kept
                 and parse_message_id(entry.message_id) > after]
+
+    def _live_registration(self, user_id, connection_id):
+        now = self._sweep()
+        registration = self._registrations.get((user_id, connection_id))
+        if registration is not None and registration.holder is None \
+                and registration.expires_at <= now:
+            return None
+        return registration
 
     def _sweep(self):
         """Drop expired registrations and stale histories, at most every few seconds."""

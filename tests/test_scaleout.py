@@ -1,0 +1,110 @@
+"""Several gunicorn processes sharing one real redis-server act as one server."""
+import uuid
+
+import pytest
+import requests
+
+from conftest import FAST_HEARTBEAT, TOKEN, wait_for
+
+
+@pytest.fixture
+def cluster(redis_server, start_server):
+    """Three server processes on one Redis."""
+    env = {'REDIS_URL': redis_server.url, **FAST_HEARTBEAT}
+    return [start_server(env=env) for _ in range(3)]
+
+
+@pytest.fixture
+def user():
+    return 'user-' + uuid.uuid4().hex[:8]
+
+
+def test_register_on_one_claim_on_another_push_on_a_third(cluster, listeners, user):
+    a, b, c = cluster
+    assert a.register(user, 'tab-on-b').status_code == 200
+    assert c.register(user, 'tab-on-a').status_code == 200
+    on_b = listeners(b.url, 'websocket').follow(user, 'tab-on-b')
+    on_a = listeners(a.url, 'polling').follow(user, 'tab-on-a')
+    pushed = [server.pushed(user, f'via {n}') for n, server in enumerate((c, a, b, c))]
+    for tab in (on_a, on_b):
+        assert tab.until_received(pushed) == pushed
+        assert tab.received_nothing(), 'a message arrived twice'
+
+
+def test_users_stay_apart_across_processes(cluster, listeners, user):
+    a, b, _ = cluster
+    other = user + '-other'
+    assert a.register(user, 'tab').status_code == 200
+    assert a.register(other, 'tab').status_code == 200
+    mine = listeners(b.url).follow(user, 'tab')
+    theirs = listeners(a.url).follow(other, 'tab')
+    for_them = b.pushed(other, 'for the other user')
+    for_me = a.pushed(user, 'for me')
+    assert theirs.until_received([for_them]) == [for_them]
+    assert mine.until_received([for_me]) == [for_me]
+    assert mine.received_nothing()
+
+
+def test_a_newer_claim_on_another_process_disconnects_the_older_socket(
+        cluster, listeners, user):
+    a, b, c = cluster
+    assert c.register(user, 'tab').status_code == 200
+    older = listeners(a.url).follow(user, 'tab')
+    newer = listeners(b.url).follow(user, 'tab')
+    wait_for(lambda: not older.sio.connected, message='the older socket to be disconnected')
+    message_id = c.pushed(user, 'only for the newer socket')
+    assert newer.until_received([message_id]) == [message_id]
+
+
+def test_clients_of_a_killed_process_reconnect_elsewhere_and_catch_up(
+        cluster, proxies, listeners, user):
+    a, b, c = cluster
+    balancer = proxies(a.port)   # a sticky load balancer, sending this client to a
+    pushed = []
+    clients = []
+    for transport in ('websocket', 'polling'):
+        connection_id = 'tab-' + transport
+        assert c.register(user, connection_id).status_code == 200
+        clients.append(listeners(balancer.url, transport, reconnection=True)
+                       .follow(user, connection_id))
+    pushed.append(c.pushed(user, 'before the crash'))
+    a.kill()
+    pushed += [c.pushed(user, f'while a is dead {n}') for n in range(5)]
+    balancer.retarget(b.port)
+    balancer.cut()
+    for client in clients:
+        assert client.next_ack() == {'ok': True}
+    pushed.append(b.pushed(user, 'after the move'))
+    for client in clients:
+        assert client.until_received(pushed) == pushed
+
+
+def test_pushes_fail_cleanly_while_redis_is_down_and_work_again_after(
+        redis_server, cluster, listeners, user):
+    a, b, _ = cluster
+    assert a.register(user, 'tab').status_code == 200
+    client = listeners(b.url, 'websocket').follow(user, 'tab')
+    before = a.pushed(user, 'before')
+    client.until_received([before])
+
+    redis_server.stop(save=True)
+    refused = a.push(user, 'while redis is down')
+    assert refused.status_code == 503
+    assert 'retry' in refused.json()['error']
+    register = requests.put(f'{a.url}/api/{user}/register', params={'connectionId': 'x'},
+                            headers={'X-AUTH-TOKEN': TOKEN}, timeout=30)
+    assert register.status_code == 503
+    assert a.answers() and b.answers()
+
+    redis_server.start()
+    after = wait_for(lambda: accepted(a.push(user, 'after')), timeout=30,
+                     message='pushes to be accepted again')
+    seen = client.until_received([after])
+    assert seen == [after], 'the refused push must never arrive'
+    assert client.sio.connected
+
+
+def accepted(response):
+    """The message id of a push that succeeded, else None."""
+    return response.json()['id'] if response.status_code == 200 else None
+
