@@ -1,10 +1,13 @@
 """Several gunicorn processes sharing one real redis-server act as one server."""
+import os
+import shutil
+import subprocess
 import uuid
 
 import pytest
 import requests
 
-from conftest import FAST_HEARTBEAT, TOKEN, wait_for
+from conftest import FAST_HEARTBEAT, ROOT, TOKEN, free_port, wait_for
 
 
 @pytest.fixture
@@ -25,7 +28,7 @@ def test_register_on_one_claim_on_another_push_on_a_third(cluster, listeners, us
     assert c.register(user, 'tab-on-a').status_code == 200
     on_b = listeners(b.url, 'websocket').follow(user, 'tab-on-b')
     on_a = listeners(a.url, 'polling').follow(user, 'tab-on-a')
-    pushed = [server.pushed(user, f'via {n}') for n, server in enumerate((c, a, b, c))]
+    pushed = [server.pushed(user, f'via {n}: é世🚀') for n, server in enumerate((c, a, b, c))]
     for tab in (on_a, on_b):
         assert tab.until_received(pushed) == pushed
         assert tab.received_nothing(), 'a message arrived twice'
@@ -108,3 +111,67 @@ def accepted(response):
     """The message id of a push that succeeded, else None."""
     return response.json()['id'] if response.status_code == 200 else None
 
+
+
+NGINX_MAIN = """
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    include {prefix}/site.conf;
+}}
+"""
+
+
+@pytest.fixture
+def nginx(tmp_path, cluster):
+    """nginx with deploy/nginx.conf, as README gives it, in front of two processes."""
+    binary = shutil.which('nginx') or '/usr/sbin/nginx'
+    if not os.path.exists(binary):
+        message = 'nginx is not installed (apt-get install nginx)'
+        if os.environ.get('CI'):
+            pytest.fail(message)
+        pytest.skip(message)
+    port = free_port()
+    site = (ROOT / 'deploy' / 'nginx.conf').read_text()
+    site = (site.replace('127.0.0.1:3001', f'127.0.0.1:{cluster[0].port}')
+                .replace('127.0.0.1:3002', f'127.0.0.1:{cluster[1].port}')
+                .replace('listen 8080;', f'listen 127.0.0.1:{port};'))
+    (tmp_path / 'site.conf').write_text(site)
+    (tmp_path / 'nginx.conf').write_text(NGINX_MAIN.format(prefix=tmp_path))
+    process = subprocess.Popen([binary, '-p', str(tmp_path), '-c', str(tmp_path / 'nginx.conf'),
+                                '-g', 'daemon off;'])
+    url = f'http://127.0.0.1:{port}'
+    wait_for(lambda: ping(url), timeout=15, message='nginx')
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def ping(url):
+    try:
+        return requests.get(url + '/api/status/ping', timeout=1).text == 'pong'
+    except requests.RequestException:
+        return False
+
+
+@pytest.mark.parametrize('transport', ['websocket', 'polling'])
+def test_the_nginx_example_balances_processes(nginx, cluster, listeners, user, transport):
+    a, b, _ = cluster
+    assert a.register(user, 'tab').status_code == 200
+    client = listeners(nginx, transport).follow(user, 'tab')
+    assert client.sio.transport() == transport
+    pushed = [a.pushed(user, 'via a'), b.pushed(user, 'via b')]
+    assert client.until_received(pushed) == pushed
+
+
+def test_readme_shows_the_nginx_example_as_shipped():
+    readme = (ROOT / 'README.md').read_text()
+    assert (ROOT / 'deploy' / 'nginx.conf').read_text().strip() in readme
