@@ -59,25 +59,85 @@ def register(user_id):
 def push(user_id):
     """Send `message` to every socket of the user; answer with its message id."""
     user_id = check_id(user_id, 'userId')
-    entry = _server().delivery.push(user_id, _read_message())
+    [entry] = _server().delivery.push([user_id], _read_message())
     return {'id': entry.message_id}
+
+
+@bp.post('/push')
+@require_token
+def push_many():
+    """Send one message to many users; answer with each user's message id."""
+    payload = _read_json_body()
+    user_ids = payload.get('users')
+    if not isinstance(user_ids, list) or not user_ids:
+        raise InvalidInput('"users" must be a non-empty list of userIds')
+    user_ids = list(dict.fromkeys(check_id(user_id, 'each userId') for user_id in user_ids))
+    entries = _server().delivery.push(user_ids, _message_of(payload))
+    return {'ids': {user_id: entry.message_id for user_id, entry in zip(user_ids, entries)}}
+
+
+@bp.post('/broadcast')
+@require_token
+def broadcast():
+    """Send one message to every registered session, whoever its user."""
+    entry = _server().delivery.broadcast(_read_message())
+    return {'id': entry.message_id}
+
+
+@bp.get('/<path:user_id>/sessions')
+@require_token
+def sessions(user_id):
+    """The user's presence: sockets online, and registrations held or not."""
+    user_id = check_id(user_id, 'userId')
+    online, registered = _server().state.sessions(user_id)
+    return {'userId': user_id, 'online': online, 'registered': registered}
+
+
+@bp.delete('/<path:user_id>/register')
+@require_token
+def revoke(user_id):
+    """Revoke one registration: its socket is disconnected and it can no longer be claimed."""
+    user_id = check_id(user_id, 'userId')
+    connection_id = check_id(request.args.get('connectionId'), 'connectionId')
+    _server().delivery.revoke(user_id, connection_id)
+    return {'ok': True}
+
+
+@bp.delete('/<path:user_id>/sessions')
+@require_token
+def revoke_all(user_id):
+    """Revoke every registration of the user and disconnect its sockets."""
+    user_id = check_id(user_id, 'userId')
+    _server().delivery.revoke(user_id)
+    return {'ok': True}
 
 
 def _read_message():
     """The `message` of a JSON or form-encoded body."""
-    body = request.get_data()
     if request.mimetype == 'application/x-www-form-urlencoded':
+        body = request.get_data()
         if 'message' in request.form:
             return request.form['message']
         # `curl -d '{"message": ...}'` sends JSON labelled as a form.
         try:
-            payload = parse_json(body)
+            return _message_of(parse_json(body))
         except InvalidInput:
             raise InvalidInput(_NO_MESSAGE) from None
-    elif body:
-        payload = parse_json(body)
-    else:
+    return _message_of(_read_json_body())
+
+
+def _read_json_body():
+    """The body as a JSON object, whatever its content type says."""
+    body = request.get_data()
+    if not body:
         raise InvalidInput(_NO_MESSAGE)
+    payload = parse_json(body)
+    if not isinstance(payload, dict):
+        raise InvalidInput(_NO_MESSAGE)
+    return payload
+
+
+def _message_of(payload):
     if not isinstance(payload, dict) or payload.get('message') is None:
         raise InvalidInput(_NO_MESSAGE)
     return payload['message']

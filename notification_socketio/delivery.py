@@ -16,7 +16,7 @@ from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
 from .heartbeat import watch_heartbeat
-from .state import StateUnavailable, parse_message_id
+from .state import EVERYONE, StateUnavailable, parse_message_id
 
 NAMESPACE = '/'
 log = logging.getLogger(__name__)
@@ -58,17 +58,22 @@ class Delivery:
         """The python-socketio server (replaced when Flask-SocketIO initialises)."""
         return self.socketio.server
 
-    def push(self, user_id, message):
-        """Keep `message` in the user's history and send it to every socket of the user."""
-        entry = self.state.append(user_id, message)
+    def push(self, user_ids, message):
+        """Keep `message` in each user's history and send it to their sockets; one Entry each."""
+        entries = self.state.append(user_ids, message)
         if self.state.local:
-            self.deliver(user_id, entry)
-        return entry
+            for user_id, entry in zip(user_ids, entries):
+                self.deliver(user_id, entry)
+        return entries
 
-    def deliver(self, user_id, entry):
-        """Send an appended entry to this process's sockets of the user (never blocks)."""
+    def broadcast(self, message):
+        """Keep `message` in the broadcast history and send it to every registered socket."""
+        return self.push([EVERYONE], message)[0]
+
+    def deliver(self, target, entry):
+        """Send an appended entry to this process's sockets of a user, or all (never blocks)."""
         encoded = None
-        for sid, eio_sid in self.server.manager.get_participants(NAMESPACE, user_room(user_id)):
+        for sid, eio_sid in self._recipients(target):
             socket = self.sockets.get(sid)
             if socket is None:
                 continue
@@ -78,6 +83,24 @@ class Delivery:
             encoded = encoded or self._encode(entry)
             self.server._send_eio_packet(eio_sid, encoded)
             socket.last_sent = entry.message_id
+
+    def revoke(self, user_id, connection_id=None):
+        """Delete registrations and disconnect their sockets, on whichever process they are.
+
+        A Socket.IO disconnect: the official client does not reconnect after it.
+        """
+        holders = self.state.revoke(user_id, connection_id)
+        for sid in holders:
+            self.server.disconnect(sid, namespace=NAMESPACE)
+        log.info('revoked %s of user %s (%d sockets disconnected)',
+                 'all connections' if connection_id is None
+                 else 'connection ' + redact(connection_id), user_id, len(holders))
+
+    def _recipients(self, target):
+        if target is EVERYONE:
+            manager = self.server.manager
+            return [(sid, manager.eio_sid_from_sid(sid, NAMESPACE)) for sid in self.sockets]
+        return self.server.manager.get_participants(NAMESPACE, user_room(target))
 
     def attach(self, sid, user_id, connection_id, since=None):
         """Socket `sid` claims a registration: the older holder goes, the backlog follows.

@@ -4,7 +4,8 @@ import time
 import pytest
 
 from notification_socketio.config import Config
-from notification_socketio.state import NotRegistered, StateUnavailable, parse_message_id
+from notification_socketio.state import (EVERYONE, NotRegistered, Sessions, StateUnavailable,
+                                         parse_message_id)
 from notification_socketio.state.memory import MemoryState
 from notification_socketio.state.redis import RedisState
 
@@ -134,26 +135,26 @@ def test_release_by_a_former_holder_changes_nothing(state):
 
 
 def test_a_new_registration_counts_earlier_messages_as_received(state):
-    earlier = [state.append('u1', n) for n in range(3)]
+    earlier = [state.append(['u1'], n)[0] for n in range(3)]
     state.register('u1', 'c1')
     claim = state.claim('u1', 'c1', 'sid1')
     assert claim.delivered_id == earlier[-1].message_id
     assert state.history('u1', claim.delivered_id) == []
-    later = state.append('u1', 'later')
+    later = state.append(['u1'], 'later')[0]
     assert state.history('u1', claim.delivered_id) == [later]
 
 
 def test_a_registration_of_a_user_without_messages_gets_everything(state):
     state.register('u1', 'c1')
     assert state.claim('u1', 'c1', 'sid1').delivered_id is None
-    first = state.append('u1', 'first')
+    first = state.append(['u1'], 'first')[0]
     assert state.history('u1', None) == [first]
 
 
 def test_the_holder_confirms_what_it_received_for_the_next_claim(state):
     state.register('u1', 'c1')
     state.claim('u1', 'c1', 'sid1')
-    entries = [state.append('u1', n) for n in range(4)]
+    entries = [state.append(['u1'], n)[0] for n in range(4)]
     state.confirm('u1', 'c1', 'sid1', entries[1].message_id)
     state.release('u1', 'c1', 'sid1')
     claim = state.claim('u1', 'c1', 'sid2')
@@ -162,7 +163,7 @@ def test_the_holder_confirms_what_it_received_for_the_next_claim(state):
 
 
 def test_message_ids_increase_per_user(state):
-    entries = [state.append('u1', n) for n in range(20)]
+    entries = [state.append(['u1'], n)[0] for n in range(20)]
     keys = [parse_message_id(entry.message_id) for entry in entries]
     assert keys == sorted(keys) and len(set(keys)) == 20
     assert all(entry.ts == key[0] for entry, key in zip(entries, keys))
@@ -171,15 +172,15 @@ def test_message_ids_increase_per_user(state):
 def test_memory_ids_increase_even_when_the_clock_steps_back():
     clock = FakeClock()
     state = MemoryState(Config.for_testing(), clock=clock)
-    first = state.append('u1', 1)
+    first = state.append(['u1'], 1)[0]
     clock.advance(-10)
-    second = state.append('u1', 2)
+    second = state.append(['u1'], 2)[0]
     assert parse_message_id(second.message_id) > parse_message_id(first.message_id)
 
 
 def test_history_keeps_the_newest_entries_after_an_id(state):
-    entries = [state.append('u1', {'n': n, 'text': 'é世🚀'}) for n in range(8)]
-    state.append('u2', 'other user')
+    entries = [state.append(['u1'], {'n': n, 'text': 'é世🚀'})[0] for n in range(8)]
+    state.append(['u2'], 'other user')
     assert [e.message['n'] for e in state.history('u1')] == [3, 4, 5, 6, 7]
     assert state.history('u1', entries[5].message_id) == entries[6:]
     assert state.history('u1', entries[7].message_id) == []
@@ -187,9 +188,9 @@ def test_history_keeps_the_newest_entries_after_an_id(state):
 
 
 def test_history_forgets_entries_older_than_its_ttl(state, clock):
-    state.append('u1', 'old')
+    state.append(['u1'], 'old')
     clock.advance(TTL * 0.6)
-    new = state.append('u1', 'new')
+    new = state.append(['u1'], 'new')[0]
     clock.advance(TTL * 0.6)
     assert state.history('u1') == [new]
     clock.advance(TTL * 0.6)
@@ -198,8 +199,8 @@ def test_history_forgets_entries_older_than_its_ttl(state, clock):
 
 def test_history_can_be_turned_off(backend):
     state, _ = backend(history_size=0)
-    first = state.append('u1', 'x')
-    second = state.append('u1', 'y')
+    first = state.append(['u1'], 'x')[0]
+    second = state.append(['u1'], 'y')[0]
     assert parse_message_id(second.message_id) > parse_message_id(first.message_id)
     assert state.history('u1') == []
 
@@ -208,10 +209,85 @@ def test_an_unreachable_redis_is_reported_as_unavailable(redis_server):
     state = RedisState(Config.for_testing(redis_url=redis_server.url))
     state.register('u1', 'c1')
     redis_server.stop()
-    for call in (lambda: state.register('u1', 'c1'), lambda: state.append('u1', 'x'),
+    for call in (lambda: state.register('u1', 'c1'), lambda: state.append(['u1'], 'x'),
                  lambda: state.claim('u1', 'c1', 'sid'), lambda: state.history('u1')):
         with pytest.raises(StateUnavailable):
             call()
+
+
+def test_ids_increase_across_users_and_broadcasts(state):
+    entries = state.append(['u1', 'u2', 'u3'], 'batch')
+    entries += state.append([EVERYONE], 'broadcast')
+    entries += state.append(['u1'], 'single')
+    keys = [parse_message_id(entry.message_id) for entry in entries]
+    assert keys == sorted(keys) and len(set(keys)) == 5
+    assert all(entry.message in ('batch', 'broadcast', 'single') for entry in entries)
+
+
+def test_every_user_history_includes_the_broadcasts_in_id_order(state):
+    mine = state.append(['u1'], 'mine')[0]
+    everyone = state.append([EVERYONE], 'for everyone')[0]
+    theirs = state.append(['u2'], 'theirs')[0]
+    mine_again = state.append(['u1'], 'mine again')[0]
+    assert state.history('u1') == [mine, everyone, mine_again]
+    assert state.history('u2') == [everyone, theirs]
+    assert state.history('u3', mine.message_id) == [everyone]
+
+
+def test_sessions_count_registrations_and_the_held_ones(state):
+    assert state.sessions('u1') == Sessions(online=0, registered=0)
+    for connection_id in ('c1', 'c2', 'c3'):
+        state.register('u1', connection_id)
+    state.register('u2', 'c1')
+    state.claim('u1', 'c1', 'sid1')
+    state.claim('u1', 'c2', 'sid2')
+    assert state.sessions('u1') == Sessions(online=2, registered=3)
+    state.release('u1', 'c2', 'sid2')
+    assert state.sessions('u1') == Sessions(online=1, registered=3)
+    assert state.sessions('u2') == Sessions(online=0, registered=1)
+
+
+def test_expired_registrations_leave_the_sessions(state, clock):
+    state.register('u1', 'c1')
+    clock.advance(TTL * 0.6)
+    state.register('u1', 'c2')
+    clock.advance(TTL * 0.6)
+    assert state.sessions('u1') == Sessions(online=0, registered=1)
+
+
+def test_revoking_one_registration_returns_its_holder(state):
+    state.register('u1', 'c1')
+    state.register('u1', 'c2')
+    state.claim('u1', 'c1', 'sid1')
+    assert state.revoke('u1', 'c1') == ['sid1']
+    with pytest.raises(NotRegistered):
+        state.claim('u1', 'c1', 'sid9')
+    assert state.sessions('u1') == Sessions(online=0, registered=1)
+    assert state.revoke('u1', 'unknown') == []
+
+
+def test_revoking_all_registrations_of_a_user(state):
+    for connection_id in ('c1', 'c2', 'c3'):
+        state.register('u1', connection_id)
+    state.register('u2', 'c1')
+    state.claim('u1', 'c1', 'sid1')
+    state.claim('u1', 'c2', 'sid2')
+    assert sorted(state.revoke('u1')) == ['sid1', 'sid2']
+    assert state.sessions('u1') == Sessions(online=0, registered=0)
+    assert state.claim('u2', 'c1', 'sid3').previous_sid is None
+
+
+def test_redis_counts_a_holder_that_stopped_answering_as_offline(redis_server):
+    config = Config.for_testing(redis_url=redis_server.url, ping_interval=0.1,
+                                ping_timeout=0.1)
+    state = RedisState(config)
+    state.register('u1', 'c1')
+    state.claim('u1', 'c1', 'sid-of-a-killed-process')
+    assert state.sessions('u1') == Sessions(online=1, registered=1)
+    time.sleep(0.5)   # two heartbeats and their timeouts, unanswered
+    assert state.sessions('u1') == Sessions(online=0, registered=1)
+    state.confirm('u1', 'c1', 'sid-of-a-killed-process', None)
+    assert state.sessions('u1') == Sessions(online=1, registered=1)
 
 
 @pytest.mark.parametrize('bad', [None, 5, '', 'abc', '1-', '-1', '1-2-3', 'x' * 100])

@@ -1,5 +1,6 @@
 """State backends, picked by REDIS_URL like python-socketio picks its client manager."""
-from .base import Claim, Entry, NotRegistered, State, StateUnavailable, parse_message_id
+from .base import (EVERYONE, Claim, Entry, NotRegistered, Sessions, State, StateUnavailable,
+                   parse_message_id)
 
 
 def create_state(config):
@@ -11,5 +12,5 @@ def create_state(config):
     return MemoryState(config)
 
 
-__all__ = ['Claim', 'Entry', 'NotRegistered', 'State', 'StateUnavailable', 'create_state',
-           'parse_message_id']
+__all__ = ['EVERYONE', 'Claim', 'Entry', 'NotRegistered', 'Sessions', 'State',
+           'StateUnavailable', 'create_state', 'parse_message_id']

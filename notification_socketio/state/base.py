@@ -16,6 +16,17 @@ class Entry(typing.NamedTuple):
         return {'id': self.message_id, 'ts': self.ts}
 
 
+#: The target of a broadcast: every registered session, whoever its user.
+EVERYONE = None
+
+
+class Sessions(typing.NamedTuple):
+    """A user's presence."""
+
+    online: int       # registrations held by a live socket
+    registered: int   # valid registrations, held or not
+
+
 class Claim(typing.NamedTuple):
     """What claiming a registration tells the claiming socket."""
 
@@ -58,13 +69,16 @@ class State(abc.ABC):
         self.registration_ttl = config.registration_ttl
         self.history_size = config.history_size
         self.history_ttl = config.history_ttl
+        # A held registration whose socket has not answered a heartbeat for this long is
+        # not counted online (its process may be gone).
+        self.online_timeout = 2 * (config.ping_interval + config.ping_timeout)
 
     @abc.abstractmethod
     def register(self, user_id, connection_id):
         """Create or refresh the backend's registration; it expires if nobody claims it.
 
-        A new registration counts every message pushed to the user before it as received:
-        only what comes after is delivered or replayed to it.
+        A new registration counts every message pushed before it as received: only what
+        comes after is delivered or replayed to it.
         """
 
     @abc.abstractmethod
@@ -87,12 +101,28 @@ class State(abc.ABC):
         """Socket `sid` is gone: the registration starts its expiry clock, if `sid` held it."""
 
     @abc.abstractmethod
-    def append(self, user_id, message):
-        """Give `message` the user's next id, keep it in the history; return the Entry."""
+    def revoke(self, user_id, connection_id=None):
+        """Delete one registration of the user (all of them if `connection_id` is None).
+
+        Returns the sids of the sockets that held them, for the caller to disconnect.
+        """
+
+    @abc.abstractmethod
+    def sessions(self, user_id):
+        """The user's presence, as Sessions."""
+
+    @abc.abstractmethod
+    def append(self, targets, message):
+        """Give `message` one new id per target and keep it in each target's history.
+
+        A target is a userId, or EVERYONE for a broadcast (kept in a history that every
+        user's replay includes). Ids increase across all targets, in the order given, so
+        that one id can be compared with any other. Returns one Entry per target.
+        """
 
     @abc.abstractmethod
     def history(self, user_id, after_id=None):
-        """The user's kept entries newer than `after_id` (all kept ones if None), oldest first."""
+        """The user's and the broadcasts' kept entries newer than `after_id`, oldest first."""
 
     def close(self):
         """Let go of connections, if any."""

@@ -2,7 +2,7 @@
 import collections
 import time
 
-from .base import Claim, Entry, NotRegistered, State, parse_message_id
+from .base import EVERYONE, Claim, Entry, NotRegistered, Sessions, State, parse_message_id
 
 _SWEEP_INTERVAL = 5.0
 
@@ -25,17 +25,18 @@ class MemoryState(State):
         super().__init__(config)
         self._clock = clock
         self._registrations = {}   # (user_id, connection_id) -> _Registration
-        self._histories = {}       # user_id -> deque of Entry
-        self._last_ids = {}        # user_id -> (ms, seq) of its newest message
+        self._by_user = collections.defaultdict(set)   # user_id -> its connection ids
+        self._histories = {}       # user_id (or EVERYONE) -> deque of Entry
+        self._last_id = (0, -1)    # (ms, seq) of the newest message id, for every target
         self._next_sweep = 0.0
 
     def register(self, user_id, connection_id):
         now = self._sweep()
         registration = self._registrations.get((user_id, connection_id))
         if registration is None:
-            last = self._last_ids.get(user_id)
             self._registrations[(user_id, connection_id)] = _Registration(
-                now + self.registration_ttl, last and f'{last[0]}-{last[1]}')
+                now + self.registration_ttl, self._format_last_id())
+            self._by_user[user_id].add(connection_id)
         elif registration.holder is None:
             registration.expires_at = now + self.registration_ttl
 
@@ -59,28 +60,53 @@ class MemoryState(State):
             registration.holder = None
             registration.expires_at = now + self.registration_ttl
 
-    def append(self, user_id, message):
+    def revoke(self, user_id, connection_id=None):
+        connection_ids = (list(self._by_user.get(user_id, ())) if connection_id is None
+                          else [connection_id])
+        holders = []
+        for revoked in connection_ids:
+            registration = self._registrations.pop((user_id, revoked), None)
+            if registration is not None and registration.holder is not None:
+                holders.append(registration.holder)
+            self._forget(user_id, revoked)
+        return holders
+
+    def sessions(self, user_id):
+        registrations = [self._live_registration(user_id, connection_id)
+                         for connection_id in list(self._by_user.get(user_id, ()))]
+        registrations = [r for r in registrations if r is not None]
+        return Sessions(online=sum(r.holder is not None for r in registrations),
+                        registered=len(registrations))
+
+    def append(self, targets, message):
         now = self._sweep()
-        ms = int(now * 1000)
-        last_ms, last_seq = self._last_ids.get(user_id, (0, -1))
-        seq = last_seq + 1 if ms <= last_ms else 0
-        ms = max(ms, last_ms)
-        self._last_ids[user_id] = (ms, seq)
-        entry = Entry(f'{ms}-{seq}', ms, message)
-        if self.history_size and self.history_ttl:
-            history = self._histories.get(user_id)
-            if history is None:
-                history = self._histories[user_id] = collections.deque(
-                    maxlen=self.history_size)
-            history.append(entry)
-        return entry
+        entries = []
+        for target in targets:
+            ms = max(int(now * 1000), self._last_id[0])
+            seq = self._last_id[1] + 1 if ms == self._last_id[0] else 0
+            self._last_id = (ms, seq)
+            entry = Entry(f'{ms}-{seq}', ms, message)
+            entries.append(entry)
+            if self.history_size and self.history_ttl:
+                history = self._histories.get(target)
+                if history is None:
+                    history = self._histories[target] = collections.deque(
+                        maxlen=self.history_size)
+                history.append(entry)
+        return entries
 
     def history(self, user_id, after_id=None):
         oldest_kept = int((self._clock() - self.history_ttl) * 1000)
         after = parse_message_id(after_id) if after_id is not None else (-1, -1)
-        return [entry for entry in self._histories.get(user_id, ())
-                if entry.ts > oldest_kept
-                and parse_message_id(entry.message_id) > after]
+        kept = [*self._histories.get(user_id, ()), *self._histories.get(EVERYONE, ())]
+        newer = [(parse_message_id(entry.message_id), entry) for entry in kept
+                 if entry.ts > oldest_kept]
+        return [entry for key, entry in sorted(newer, key=lambda pair: pair[0])
+                if key > after]
+
+    def _format_last_id(self):
+        ms, seq = self._last_id
+        return f'{ms}-{seq}' if seq >= 0 else None
 
     def _live_registration(self, user_id, connection_id):
         now = self._sweep()
@@ -90,6 +116,13 @@ class MemoryState(State):
             return None
         return registration
 
+    def _forget(self, user_id, connection_id):
+        connection_ids = self._by_user.get(user_id)
+        if connection_ids is not None:
+            connection_ids.discard(connection_id)
+            if not connection_ids:
+                del self._by_user[user_id]
+
     def _sweep(self):
         """Drop expired registrations and stale histories, at most every few seconds."""
         now = self._clock()
@@ -98,13 +131,12 @@ class MemoryState(State):
         self._next_sweep = now + _SWEEP_INTERVAL
         expired = [key for key, registration in self._registrations.items()
                    if registration.holder is None and registration.expires_at <= now]
-        for key in expired:
-            del self._registrations[key]
-        # A user's last id outlives its history by a little, so ids never repeat.
-        oldest_kept = int((now - max(self.history_ttl, _SWEEP_INTERVAL)) * 1000)
-        stale = [user_id for user_id, (ms, _) in self._last_ids.items()
-                 if ms <= oldest_kept]
-        for user_id in stale:
-            del self._last_ids[user_id]
-            self._histories.pop(user_id, None)
+        for user_id, connection_id in expired:
+            del self._registrations[(user_id, connection_id)]
+            self._forget(user_id, connection_id)
+        oldest_kept = int((now - self.history_ttl) * 1000)
+        stale = [target for target, history in self._histories.items()
+                 if not history or history[-1].ts <= oldest_kept]
+        for target in stale:
+            del self._histories[target]
         return now
