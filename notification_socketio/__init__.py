@@ -12,6 +12,7 @@ class Server:
     state: object
     delivery: object
     socketio: object
+    metrics: object
 
 
 def create_app(config=None):
@@ -22,7 +23,7 @@ def create_app(config=None):
     from flask import Flask
     from flask_socketio import SocketIO
 
-    from . import api, events
+    from . import api, events, metrics, openapi
     from .config import Config
     from .delivery import Delivery
     from .fanout import RedisFanout
@@ -34,10 +35,13 @@ def create_app(config=None):
     app = Flask(__name__)
     app.config['MAX_CONTENT_LENGTH'] = config.max_message_bytes
     app.register_blueprint(api.bp)
+    app.register_blueprint(metrics.bp)
+    app.register_blueprint(openapi.bp)
 
     state = create_state(config)
     socketio = SocketIO()
-    delivery = Delivery(socketio, state)
+    server_metrics = metrics.Metrics()
+    delivery = Delivery(socketio, state, server_metrics)
     events.init_socketio(socketio)
     options = {}
     if config.redis_url:
@@ -55,6 +59,8 @@ def create_app(config=None):
         engineio_logger=False,
         **options,
     )
-    app.extensions['notification_socketio'] = Server(
-        config=config, state=state, delivery=delivery, socketio=socketio)
+    server = app.extensions['notification_socketio'] = Server(
+        config=config, state=state, delivery=delivery, socketio=socketio,
+        metrics=server_metrics)
+    server_metrics.watch(server)
     return app

@@ -5,6 +5,7 @@ import logging
 
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import PathConverter
 
 from . import __version__
 from .delivery import redact
@@ -13,6 +14,20 @@ from .validation import InvalidInput, check_id, parse_json
 
 bp = Blueprint('api', __name__, url_prefix='/api')
 log = logging.getLogger(__name__)
+
+
+class UserIdConverter(PathConverter):
+    """Any userId, once percent-decoded: slashes, newlines and leading slashes included."""
+
+    regex = '(?s:.+?)'
+    part_isolating = False
+
+
+@bp.record_once
+def _accept_any_user_id(state):
+    state.app.url_map.converters['user_id'] = UserIdConverter
+    # `/api//push` is user "/" ... not a path to tidy up with a redirect.
+    state.app.url_map.merge_slashes = False
 
 
 def require_token(view):
@@ -42,7 +57,7 @@ def info():
     return {'name': 'notification-socketio', 'version': __version__}
 
 
-@bp.put('/<path:user_id>/register')
+@bp.put('/<user_id:user_id>/register')
 @require_token
 def register(user_id):
     """Create a registration that one socket can then claim with `register`."""
@@ -50,11 +65,12 @@ def register(user_id):
     connection_id = check_id(request.args.get('connectionId'), 'connectionId')
     server = _server()
     server.state.register(user_id, connection_id)
+    server.metrics.registrations.inc()
     log.info('registered connection %s for user %s', redact(connection_id), user_id)
     return {'ok': True, 'ttl': server.config.registration_ttl}
 
 
-@bp.post('/<path:user_id>/push')
+@bp.post('/<user_id:user_id>/push')
 @require_token
 def push(user_id):
     """Send `message` to every socket of the user; answer with its message id."""
@@ -84,7 +100,7 @@ def broadcast():
     return {'id': entry.message_id}
 
 
-@bp.get('/<path:user_id>/sessions')
+@bp.get('/<user_id:user_id>/sessions')
 @require_token
 def sessions(user_id):
     """The user's presence: sockets online, and registrations held or not."""
@@ -93,7 +109,7 @@ def sessions(user_id):
     return {'userId': user_id, 'online': online, 'registered': registered}
 
 
-@bp.delete('/<path:user_id>/register')
+@bp.delete('/<user_id:user_id>/register')
 @require_token
 def revoke(user_id):
     """Revoke one registration: its socket is disconnected and it can no longer be claimed."""
@@ -103,7 +119,7 @@ def revoke(user_id):
     return {'ok': True}
 
 
-@bp.delete('/<path:user_id>/sessions')
+@bp.delete('/<user_id:user_id>/sessions')
 @require_token
 def revoke_all(user_id):
     """Revoke every registration of the user and disconnect its sockets."""
@@ -166,7 +182,11 @@ def _state_unavailable(error):
 
 @bp.app_errorhandler(HTTPException)
 def _http_error(error):
-    return error_response(error.code, _HTTP_ERRORS.get(error.code, error.name))
+    body, status = error_response(error.code, _HTTP_ERRORS.get(error.code, error.name))
+    for name, value in error.get_headers():
+        if name.lower() != 'content-type':   # keep what the status needs, such as Allow
+            body.headers[name] = value
+    return body, status
 
 
 @bp.app_errorhandler(Exception)

@@ -48,10 +48,14 @@ class _Socket:
 class Delivery:
     """Keeps which local socket holds which registration, and sends messages to them."""
 
-    def __init__(self, socketio, state):
+    def __init__(self, socketio, state, metrics):
         self.socketio = socketio
         self.state = state
         self.sockets = {}   # sid -> _Socket
+        self._live = metrics.deliveries.labels('live')
+        self._replayed = metrics.deliveries.labels('replayed')
+        self._recoveries = metrics.recoveries
+        self._revocations = metrics.revocations
 
     @property
     def server(self):
@@ -73,6 +77,7 @@ class Delivery:
     def deliver(self, target, entry):
         """Send an appended entry to this process's sockets of a user, or all (never blocks)."""
         encoded = None
+        sent = 0
         for sid, eio_sid in self._recipients(target):
             socket = self.sockets.get(sid)
             if socket is None:
@@ -83,6 +88,8 @@ class Delivery:
             encoded = encoded or self._encode(entry)
             self.server._send_eio_packet(eio_sid, encoded)
             socket.last_sent = entry.message_id
+            sent += 1
+        self._live.inc(sent)
 
     def revoke(self, user_id, connection_id=None):
         """Delete registrations and disconnect their sockets, on whichever process they are.
@@ -92,6 +99,7 @@ class Delivery:
         holders = self.state.revoke(user_id, connection_id)
         for sid in holders:
             self.server.disconnect(sid, namespace=NAMESPACE)
+        self._revocations.inc(len(holders))
         log.info('revoked %s of user %s (%d sockets disconnected)',
                  'all connections' if connection_id is None
                  else 'connection ' + redact(connection_id), user_id, len(holders))
@@ -171,7 +179,9 @@ class Delivery:
         for entry in backlog + live:
             self.server._send_eio_packet(eio_sid, self._encode(entry))
             socket.last_sent = entry.message_id
+        self._replayed.inc(len(backlog))
         if backlog:
+            self._recoveries.inc()
             log.info('replayed %d messages to connection %s of user %s', len(backlog),
                      redact(socket.connection_id), socket.user_id)
 

@@ -26,6 +26,20 @@ keepalive = 75
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms'
 errorlog = '-'
 loglevel = 'info'
+if _config.log_format == 'json':
+    # gunicorn's own lines as JSON objects too, like the server's (logs.py).
+    logconfig_dict = {
+        'version': 1,
+        'disable_existing_loggers': False,
+        'formatters': {'json': {'()': 'notification_socketio.logs.JsonFormatter'}},
+        'handlers': {'stderr': {'class': 'logging.StreamHandler', 'formatter': 'json',
+                                'stream': 'ext://sys.stderr'}},
+        'root': {'handlers': ['stderr'], 'level': 'WARNING'},
+        'loggers': {'gunicorn.error': {'handlers': ['stderr'], 'level': 'INFO',
+                                       'propagate': False},
+                    'gunicorn.access': {'handlers': ['stderr'], 'level': 'INFO',
+                                        'propagate': False}},
+    }
 # The control socket is shared by every gunicorn on the host (STACK.md); a push server needs none.
 control_socket_disable = True
 

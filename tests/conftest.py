@@ -116,6 +116,13 @@ class ServerProcess:
         return requests.post(f'{self.url}/api/{user_id}/push', json={'message': message},
                              headers={'X-AUTH-TOKEN': TOKEN}, timeout=10)
 
+    def pushed_broadcast(self, message):
+        """Broadcast, insist on 200, and return the message id."""
+        response = requests.post(f'{self.url}/api/broadcast', json={'message': message},
+                                 headers={'X-AUTH-TOKEN': TOKEN}, timeout=10)
+        assert response.status_code == 200, (response.status_code, response.text)
+        return response.json()['id']
+
     def pushed(self, user_id, message):
         """Push, insist on 200, and return the message id."""
         response = self.push(user_id, message)

@@ -133,3 +133,102 @@ def test_unexpected_errors_are_json_without_a_traceback(rest, app, monkeypatch):
     response = rest.post('/api/u1/push', json={'message': 1}, headers=auth())
     assert response.status_code == 500
     assert response.json == {'error': 'internal error'}
+
+
+def test_batch_push_answers_one_id_per_user(rest):
+    response = rest.post('/api/push', json={'users': ['a', 'b', 'a', 'ü'], 'message': 'hi'},
+                         headers=auth())
+    assert response.status_code == 200
+    ids = response.json['ids']
+    assert list(ids) == ['a', 'b', 'ü']
+    assert len(set(ids.values())) == 3
+
+
+@pytest.mark.parametrize('body', [
+    {'message': 'no users'}, {'users': [], 'message': 'x'}, {'users': 'alice', 'message': 'x'},
+    {'users': ['a', 5], 'message': 'x'}, {'users': ['a', ''], 'message': 'x'},
+    {'users': ['a'] + ['u' * (MAX_ID_LENGTH + 1)], 'message': 'x'},
+    {'users': ['a']}, {'users': ['a'], 'message': None}, ['a'],
+])
+def test_batch_push_rejects_bad_bodies(rest, body):
+    response = rest.post('/api/push', json=body, headers=auth())
+    assert response.status_code == 400
+    assert response.json['error']
+
+
+def test_batch_push_and_broadcast_share_the_size_limit(rest, app):
+    limit = app.extensions['notification_socketio'].config.max_message_bytes
+    big = 'x' * limit
+    for path, body in (('/api/push', {'users': ['a'], 'message': big}),
+                       ('/api/broadcast', {'message': big})):
+        response = rest.post(path, json=body, headers=auth())
+        assert response.status_code == 413, path
+
+
+def test_broadcast_answers_with_its_id(rest):
+    response = rest.post('/api/broadcast', json={'message': {'maintenance': True}},
+                         headers=auth())
+    assert response.status_code == 200 and response.json['id']
+    form = rest.post('/api/broadcast', data={'message': 'form'}, headers=auth())
+    assert form.status_code == 200
+    assert rest.post('/api/broadcast', json={}, headers=auth()).status_code == 400
+
+
+def test_sessions_report_presence(rest, socket_client):
+    for connection_id in ('c1', 'c2'):
+        rest.put(f'/api/u1/register?connectionId={connection_id}', headers=auth())
+    client = socket_client()
+    client.emit('register', 'u1', 'c1', callback=True)
+    response = rest.get('/api/u1/sessions', headers=auth())
+    assert response.status_code == 200
+    assert response.json == {'userId': 'u1', 'online': 1, 'registered': 2}
+    assert rest.get('/api/nobody/sessions', headers=auth()).json == {
+        'userId': 'nobody', 'online': 0, 'registered': 0}
+
+
+def test_revoking_a_registration_disconnects_its_socket(rest, socket_client):
+    rest.put('/api/u1/register?connectionId=c1', headers=auth())
+    client = socket_client()
+    client.emit('register', 'u1', 'c1', callback=True)
+    response = rest.delete('/api/u1/register?connectionId=c1', headers=auth())
+    assert response.status_code == 200
+    assert not client.is_connected()
+    again = socket_client()
+    assert again.emit('register', 'u1', 'c1', callback=True)['ok'] is False
+    assert rest.delete('/api/u1/register', headers=auth()).status_code == 400
+
+
+def test_revoking_all_sessions_of_a_user(rest, socket_client):
+    clients = []
+    for connection_id in ('c1', 'c2'):
+        rest.put(f'/api/u1/register?connectionId={connection_id}', headers=auth())
+        client = socket_client()
+        client.emit('register', 'u1', connection_id, callback=True)
+        clients.append(client)
+    rest.put('/api/u2/register?connectionId=c1', headers=auth())
+    other = socket_client()
+    other.emit('register', 'u2', 'c1', callback=True)
+    assert rest.delete('/api/u1/sessions', headers=auth()).status_code == 200
+    assert not any(client.is_connected() for client in clients)
+    assert other.is_connected()
+    assert rest.get('/api/u1/sessions', headers=auth()).json['registered'] == 0
+
+
+@pytest.mark.parametrize('method, path', [
+    ('post', '/api/push'), ('post', '/api/broadcast'), ('get', '/api/u1/sessions'),
+    ('delete', '/api/u1/register?connectionId=c1'), ('delete', '/api/u1/sessions'),
+])
+def test_the_new_routes_need_the_token(rest, method, path):
+    response = getattr(rest, method)(path, json={'users': ['a'], 'message': 1})
+    assert response.status_code == 401
+
+
+@pytest.mark.parametrize('user_id, path', [
+    ('a/b', 'a%2Fb'), ('line\nbreak', 'line%0Abreak'), ('/leading', '%2Fleading'),
+    ('status', 'status'), ('ünï cödé 世', '%C3%BCn%C3%AF%20c%C3%B6d%C3%A9%20%E4%B8%96'),
+])
+def test_any_user_id_reaches_its_routes(rest, user_id, path):
+    response = rest.post(f'/api/{path}/push', json={'message': 1}, headers=auth())
+    assert response.status_code == 200
+    sessions = rest.get(f'/api/{path}/sessions', headers=auth())
+    assert sessions.json['userId'] == user_id

@@ -147,3 +147,27 @@ def test_an_unregistered_socket_receives_nothing(rest, socket_client):
     client = socket_client()
     push(rest, 'u1', 'hello')
     assert messages(client) == []
+
+
+def test_a_broadcast_reaches_every_registered_socket_only(rest, socket_client):
+    registered(rest, 'alice', 'ca')
+    registered(rest, 'bob', 'cb')
+    alice, bob, stranger = socket_client(), socket_client(), socket_client()
+    alice.emit('register', 'alice', 'ca', callback=True)
+    bob.emit('register', 'bob', 'cb', callback=True)
+    assert rest.post('/api/broadcast', json={'message': 'all'}, headers=auth()).status_code == 200
+    assert messages(alice) == ['all'] and messages(bob) == ['all']
+    assert messages(stranger) == []
+
+
+def test_a_batch_push_reaches_each_listed_user_once(rest, socket_client):
+    clients = {}
+    for user in ('a', 'b', 'c'):
+        registered(rest, user, 'tab')
+        clients[user] = socket_client()
+        clients[user].emit('register', user, 'tab', callback=True)
+    response = rest.post('/api/push', json={'users': ['a', 'b', 'a'], 'message': 'batch'},
+                         headers=auth())
+    assert response.status_code == 200
+    assert messages(clients['a']) == ['batch'] and messages(clients['b']) == ['batch']
+    assert messages(clients['c']) == []

@@ -59,6 +59,62 @@ def test_a_newer_claim_on_another_process_disconnects_the_older_socket(
     assert newer.until_received([message_id]) == [message_id]
 
 
+def test_presence_and_revocation_work_across_processes(cluster, listeners, user):
+    a, b, c = cluster
+    for connection_id in ('tab-a', 'tab-b'):
+        assert a.register(user, connection_id).status_code == 200
+    on_a = listeners(a.url, 'polling').follow(user, 'tab-a')
+    on_b = listeners(b.url, 'websocket').follow(user, 'tab-b')
+    assert sessions(c, user) == {'userId': user, 'online': 2, 'registered': 2}
+
+    assert revoke(a, user, 'tab-b').status_code == 200
+    wait_for(lambda: not on_b.sio.connected, message='the revoked socket on b to go')
+    assert on_a.sio.connected
+    assert sessions(c, user) == {'userId': user, 'online': 1, 'registered': 1}
+    intruder = listeners(c.url).connect()
+    assert intruder.register(user, 'tab-b')['ok'] is False
+
+    assert revoke(b, user).status_code == 200
+    wait_for(lambda: not on_a.sio.connected, message='every socket of the user to go')
+    assert sessions(a, user) == {'userId': user, 'online': 0, 'registered': 0}
+
+
+def test_a_broadcast_reaches_every_process_and_is_recovered(
+        cluster, proxies, listeners, user):
+    a, b, c = cluster
+    other = user + '-other'
+    assert a.register(user, 'tab').status_code == 200
+    assert a.register(other, 'tab').status_code == 200
+    proxy = proxies(b.port)
+    mine = listeners(proxy.url, 'websocket', reconnection=True).follow(user, 'tab')
+    theirs = listeners(a.url, 'polling').follow(other, 'tab')
+    first = c.pushed_broadcast({'notice': 'maintenance at noon'})
+    for client in (mine, theirs):
+        assert client.until_received([first]) == [first]
+    proxy.blackhole()
+    proxy.cut()
+    missed = [c.pushed_broadcast('while away'), a.pushed(user, 'also while away')]
+    proxy.restore()
+    assert mine.next_ack() == {'ok': True}
+    assert [i for i in mine.until_received(missed) if i != first] == missed
+
+
+def sessions(server, user_id):
+    response = requests.get(f'{server.url}/api/{user_id}/sessions',
+                            headers={'X-AUTH-TOKEN': TOKEN}, timeout=10)
+    assert response.status_code == 200
+    return response.json()
+
+
+def revoke(server, user_id, connection_id=None):
+    if connection_id is None:
+        return requests.delete(f'{server.url}/api/{user_id}/sessions',
+                               headers={'X-AUTH-TOKEN': TOKEN}, timeout=10)
+    return requests.delete(f'{server.url}/api/{user_id}/register',
+                           params={'connectionId': connection_id},
+                           headers={'X-AUTH-TOKEN': TOKEN}, timeout=10)
+
+
 def test_clients_of_a_killed_process_reconnect_elsewhere_and_catch_up(
         cluster, proxies, listeners, user):
     a, b, c = cluster

@@ -64,6 +64,8 @@ class State(abc.ABC):
     #: appended entry to its own sockets. Otherwise the backend fans entries out to every
     #: process, this one included, in id order.
     local = True
+    #: Calls that failed because the backend could not be reached (a metric).
+    failures = 0
 
     def __init__(self, config):
         self.registration_ttl = config.registration_ttl

@@ -148,10 +148,11 @@ return {redis.call('XRANGE', KEYS[1], start, '+'), redis.call('XRANGE', KEYS[2],
 def _unavailable_on_error(method):
     """Turn a Redis failure into StateUnavailable: the caller answers 503 and may retry."""
     @functools.wraps(method)
-    def wrapped(*args, **kwargs):
+    def wrapped(self, *args, **kwargs):
         try:
-            return method(*args, **kwargs)
+            return method(self, *args, **kwargs)
         except redis.RedisError as error:
+            self.failures += 1
             raise StateUnavailable(f'Redis: {error}') from error
     return wrapped
 

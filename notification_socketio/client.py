@@ -1,0 +1,119 @@
+"""A Python client for backends: the REST API with timeouts, retries and typed errors.
+
+    from notification_socketio.client import NotificationClient
+    notifications = NotificationClient('http://localhost:3000', token=os.environ['NOTIFY_TOKEN'])
+    notifications.push(user_id, {'title': 'Build finished'})
+"""
+import secrets
+from urllib.parse import quote
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+
+class NotificationError(Exception):
+    """The server refused or could not be reached; `status` is the HTTP status, if any."""
+
+    def __init__(self, message, status=None):
+        super().__init__(message)
+        self.status = status
+
+
+class Unauthorized(NotificationError):
+    """401: the token is wrong."""
+
+
+class BadRequest(NotificationError):
+    """400 or 413: the request itself is wrong (too large, malformed); do not retry it."""
+
+
+class Unavailable(NotificationError):
+    """503 after every retry, or no answer at all: nothing was done, try again later."""
+
+
+class NotificationClient:
+    """Calls one notification-socketio server (or a load balancer in front of several).
+
+    Every call times out after `timeout` seconds. A 503 means that nothing was done, so it
+    is retried `retries` times with backoff; so is a connection that could not be opened.
+    """
+
+    def __init__(self, url, token, timeout=5.0, retries=3, session=None):
+        self.url = url.rstrip('/')
+        self.timeout = timeout
+        self.session = session or requests.Session()
+        self.session.headers['X-AUTH-TOKEN'] = token
+        retry = Retry(total=retries, connect=retries, read=0, status=retries,
+                      backoff_factor=0.2, status_forcelist=[503], allowed_methods=None,
+                      raise_on_status=False)
+        adapter = HTTPAdapter(max_retries=retry)
+        self.session.mount('http://', adapter)
+        self.session.mount('https://', adapter)
+
+    def register(self, user_id, connection_id=None):
+        """Register a connection for the user; return its connectionId (made up if None).
+
+        Hand the connectionId to the browser, which claims it with `register`.
+        """
+        connection_id = connection_id or secrets.token_urlsafe(24)
+        self._call('PUT', f'/api/{_path(user_id)}/register',
+                   params={'connectionId': connection_id})
+        return connection_id
+
+    def push(self, user_id, message):
+        """Send `message` (any JSON value but None) to the user; return its message id."""
+        return self._call('POST', f'/api/{_path(user_id)}/push', json={'message': message})['id']
+
+    def push_many(self, user_ids, message):
+        """Send one message to many users; return {userId: message id}."""
+        return self._call('POST', '/api/push',
+                          json={'users': list(user_ids), 'message': message})['ids']
+
+    def broadcast(self, message):
+        """Send one message to every registered session; return its message id."""
+        return self._call('POST', '/api/broadcast', json={'message': message})['id']
+
+    def sessions(self, user_id):
+        """The user's presence: {'userId': ..., 'online': n, 'registered': n}."""
+        return self._call('GET', f'/api/{_path(user_id)}/sessions')
+
+    def revoke(self, user_id, connection_id=None):
+        """Revoke one registration of the user, or all of them; their sockets are dropped."""
+        if connection_id is None:
+            self._call('DELETE', f'/api/{_path(user_id)}/sessions')
+        else:
+            self._call('DELETE', f'/api/{_path(user_id)}/register',
+                       params={'connectionId': connection_id})
+
+    def _call(self, method, path, **kwargs):
+        try:
+            response = self.session.request(method, self.url + path, timeout=self.timeout,
+                                            **kwargs)
+        except requests.RequestException as error:
+            raise Unavailable(f'{method} {path}: {error}') from error
+        if response.status_code == 200:
+            return response.json()
+        try:
+            reason = response.json()['error']
+        except (ValueError, KeyError, TypeError):
+            reason = response.text[:200] or response.reason
+        error_class = {401: Unauthorized, 400: BadRequest, 413: BadRequest,
+                       503: Unavailable}.get(response.status_code, NotificationError)
+        raise error_class(f'{method} {path}: {response.status_code} {reason}',
+                          response.status_code)
+
+    def close(self):
+        """Close the connections kept open."""
+        self.session.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+def _path(user_id):
+    """A userId as one path segment: '/' and everything else percent-encoded."""
+    return quote(user_id, safe='')

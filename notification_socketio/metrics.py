@@ -1,0 +1,98 @@
+"""Prometheus metrics of one process, served at /metrics."""
+import time
+
+from flask import Blueprint, Response, current_app, g, request
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram,
+                               generate_latest)
+from prometheus_client import disable_created_metrics
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+bp = Blueprint('metrics', __name__)
+disable_created_metrics()   # the *_created series only add noise here
+
+#: The REST endpoints that push, by the route label they get.
+PUSH_ROUTES = {'api.push': 'push', 'api.push_many': 'push_many', 'api.broadcast': 'broadcast'}
+_OUTCOMES = {200: 'ok', 400: 'invalid', 401: 'unauthorized', 413: 'too_large',
+             503: 'unavailable'}
+
+
+class Metrics:
+    """The counters the server updates, and a collector reading live values at scrape time."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.pushes = Counter(
+            'nsio_pushes', 'Push requests, by route and outcome',
+            ['route', 'outcome'], registry=self.registry)
+        self.push_latency = Histogram(
+            'nsio_push_latency_seconds',
+            'Time from a push request to its messages queued on every local socket',
+            ['route'], registry=self.registry,
+            buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+        self.registrations = Counter(
+            'nsio_registrations', 'Registrations made or refreshed by the backend',
+            registry=self.registry)
+        self.deliveries = Counter(
+            'nsio_deliveries', 'Messages sent to sockets, live or replayed',
+            ['kind'], registry=self.registry)
+        self.recoveries = Counter(
+            'nsio_recoveries', 'Sockets that got missed messages replayed',
+            registry=self.registry)
+        self.revocations = Counter(
+            'nsio_revocations', 'Sockets disconnected by a revocation',
+            registry=self.registry)
+
+    def watch(self, server):
+        """Read sockets, users and state errors from `server` at each scrape."""
+        self.registry.register(_LiveValues(server))
+
+
+class _LiveValues:
+    """Gauges read when Prometheus scrapes, rather than kept up to date on every event."""
+
+    def __init__(self, server):
+        self.server = server
+
+    def collect(self):
+        delivery = self.server.delivery
+        sockets = GaugeMetricFamily('nsio_sockets_connected',
+                                    'Engine.IO connections open on this process')
+        sockets.add_metric([], len(self.server.socketio.server.eio.sockets))
+        held = GaugeMetricFamily('nsio_registrations_held',
+                                 'Registrations held by a socket of this process')
+        held.add_metric([], len(delivery.sockets))
+        users = GaugeMetricFamily('nsio_users_online',
+                                  'Users with at least one socket on this process')
+        users.add_metric([], len({socket.user_id for socket in delivery.sockets.values()}))
+        errors = CounterMetricFamily('nsio_state_errors',
+                                     'Calls to the shared state (Redis) that failed')
+        errors.add_metric([], self.server.state.failures)
+        return [sockets, held, users, errors]
+
+    def describe(self):
+        return []
+
+
+@bp.get('/metrics')
+def metrics():
+    """The Prometheus text format, no token needed (it names no user)."""
+    registry = current_app.extensions['notification_socketio'].metrics.registry
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+
+@bp.before_app_request
+def _start_timer():
+    if request.endpoint in PUSH_ROUTES:
+        g.push_started = time.perf_counter()
+
+
+@bp.after_app_request
+def _count_push(response):
+    route = PUSH_ROUTES.get(request.endpoint)
+    if route is not None:
+        metrics_ = current_app.extensions['notification_socketio'].metrics
+        metrics_.pushes.labels(route, _OUTCOMES.get(response.status_code, 'error')).inc()
+        if response.status_code == 200 and 'push_started' in g:
+            metrics_.push_latency.labels(route).observe(
+                time.perf_counter() - g.push_started)
+    return response

@@ -1,0 +1,161 @@
+"""The OpenAPI 3 document of every HTTP route, served at /api/openapi.json.
+
+Kept true by tests/test_openapi.py: schemathesis fuzzes the live server with it, and every
+documented status of every route is produced and checked against its schema.
+"""
+from flask import Blueprint
+
+from . import __version__
+from .validation import MAX_ID_LENGTH
+
+bp = Blueprint('openapi', __name__)
+
+_ID = {'type': 'string', 'minLength': 1, 'maxLength': MAX_ID_LENGTH}
+_MESSAGE_ID = {'type': 'string', 'pattern': r'^[0-9]+-[0-9]+$',
+               'example': '1732780000000-0'}
+_ANY_JSON_BUT_NULL = {'description': 'Any JSON value except null.',
+                      'not': {'type': 'null'}}
+
+
+def _json(schema, description):
+    return {'description': description, 'content': {'application/json': {'schema': schema}}}
+
+
+def _error(description):
+    return _json({'$ref': '#/components/schemas/Error'}, description)
+
+
+_USER_ID = {'name': 'userId', 'in': 'path', 'required': True, 'schema': _ID,
+            'description': 'Any string; percent-encode characters such as "/".'}
+_CONNECTION_ID = {'name': 'connectionId', 'in': 'query', 'required': True, 'schema': _ID,
+                  'description': 'A random, unguessable string made up by the backend.'}
+_UNAUTHORIZED = _error('X-AUTH-TOKEN is missing or wrong.')
+_UNAVAILABLE = _error('The shared state (Redis) cannot be reached; nothing was done, retry.')
+_INVALID = _error('The request is malformed; the error says how.')
+_TOO_LARGE = _error('The body is larger than MAX_MESSAGE_BYTES.')
+_OK = _json({'type': 'object', 'required': ['ok'], 'properties': {'ok': {'const': True}}},
+            'Done.')
+_MESSAGE_BODY = {
+    'required': True,
+    'content': {
+        'application/json': {'schema': {
+            'type': 'object', 'required': ['message'],
+            'properties': {'message': _ANY_JSON_BUT_NULL}}},
+        'application/x-www-form-urlencoded': {'schema': {
+            'type': 'object', 'required': ['message'],
+            'properties': {'message': {'type': 'string'}}}},
+    },
+}
+_PUSHED = _json({'type': 'object', 'required': ['id'], 'properties': {'id': _MESSAGE_ID}},
+                'Kept in the history and sent; `id` is the message id the sockets see.')
+_SECURED = [{'token': []}]
+
+DOCUMENT = {
+    'openapi': '3.1.0',
+    'info': {
+        'title': 'notification-socketio',
+        'version': __version__,
+        'description': 'Push JSON messages to every open browser tab of a user over '
+                       'Socket.IO. Socket.IO clients connect to /socket.io/ and emit '
+                       '`register(userId, connectionId)`; see README.md.',
+    },
+    'components': {
+        'securitySchemes': {'token': {'type': 'apiKey', 'in': 'header',
+                                      'name': 'X-AUTH-TOKEN'}},
+        'schemas': {'Error': {'type': 'object', 'required': ['error'],
+                              'properties': {'error': {'type': 'string'}}}},
+    },
+    'paths': {
+        '/api/status/ping': {'get': {
+            'operationId': 'ping', 'summary': 'Liveness.', 'security': [],
+            'responses': {'200': {'description': 'Alive.', 'content': {
+                'text/plain': {'schema': {'type': 'string', 'const': 'pong'}}}}}}},
+        '/api/status/info': {'get': {
+            'operationId': 'info', 'summary': 'Name and version.', 'security': [],
+            'responses': {'200': _json({
+                'type': 'object', 'required': ['name', 'version'],
+                'properties': {'name': {'type': 'string'}, 'version': {'type': 'string'}}},
+                'The server.')}}},
+        '/api/{userId}/register': {
+            'parameters': [_USER_ID, _CONNECTION_ID],
+            'put': {
+                'operationId': 'register', 'security': _SECURED,
+                'summary': 'Create or refresh a registration for one socket to claim.',
+                'responses': {
+                    '200': _json({'type': 'object', 'required': ['ok', 'ttl'], 'properties': {
+                        'ok': {'const': True}, 'ttl': {'type': 'number'}}},
+                        'Registered; it expires `ttl` seconds after no socket holds it.'),
+                    '400': _INVALID, '401': _UNAUTHORIZED, '503': _UNAVAILABLE}},
+            'delete': {
+                'operationId': 'revoke', 'security': _SECURED,
+                'summary': 'Revoke a registration: its socket is disconnected and it can '
+                           'no longer be claimed.',
+                'responses': {'200': _OK, '400': _INVALID, '401': _UNAUTHORIZED,
+                              '503': _UNAVAILABLE}},
+        },
+        '/api/{userId}/push': {
+            'parameters': [_USER_ID],
+            'post': {
+                'operationId': 'push', 'security': _SECURED,
+                'summary': "Send a message to every socket of the user.",
+                'requestBody': _MESSAGE_BODY,
+                'responses': {'200': _PUSHED, '400': _INVALID, '401': _UNAUTHORIZED,
+                              '413': _TOO_LARGE, '503': _UNAVAILABLE}},
+        },
+        '/api/push': {'post': {
+            'operationId': 'push_many', 'security': _SECURED,
+            'summary': 'Send one message to many users.',
+            'requestBody': {'required': True, 'content': {'application/json': {'schema': {
+                'type': 'object', 'required': ['users', 'message'], 'properties': {
+                    'users': {'type': 'array', 'minItems': 1, 'items': _ID},
+                    'message': _ANY_JSON_BUT_NULL}}}}},
+            'responses': {
+                '200': _json({'type': 'object', 'required': ['ids'], 'properties': {
+                    'ids': {'type': 'object', 'additionalProperties': _MESSAGE_ID}}},
+                    'Sent; the message id of each user.'),
+                '400': _INVALID, '401': _UNAUTHORIZED, '413': _TOO_LARGE,
+                '503': _UNAVAILABLE}}},
+        '/api/broadcast': {'post': {
+            'operationId': 'broadcast', 'security': _SECURED,
+            'summary': 'Send one message to every registered session, whoever its user.',
+            'requestBody': _MESSAGE_BODY,
+            'responses': {'200': _PUSHED, '400': _INVALID, '401': _UNAUTHORIZED,
+                          '413': _TOO_LARGE, '503': _UNAVAILABLE}}},
+        '/api/{userId}/sessions': {
+            'parameters': [_USER_ID],
+            'get': {
+                'operationId': 'sessions', 'security': _SECURED,
+                'summary': "The user's presence.",
+                'responses': {
+                    '200': _json({
+                        'type': 'object', 'required': ['userId', 'online', 'registered'],
+                        'properties': {
+                            'userId': {'type': 'string'},
+                            'online': {'type': 'integer', 'minimum': 0,
+                                       'description': 'Registrations held by a live socket.'},
+                            'registered': {'type': 'integer', 'minimum': 0,
+                                           'description': 'Valid registrations.'}}},
+                        'Presence.'),
+                    '400': _INVALID, '401': _UNAUTHORIZED, '503': _UNAVAILABLE}},
+            'delete': {
+                'operationId': 'revoke_all', 'security': _SECURED,
+                'summary': 'Revoke every registration of the user and disconnect its sockets.',
+                'responses': {'200': _OK, '400': _INVALID, '401': _UNAUTHORIZED,
+                              '503': _UNAVAILABLE}},
+        },
+        '/api/openapi.json': {'get': {
+            'operationId': 'openapi', 'summary': 'This document.', 'security': [],
+            'responses': {'200': _json({'type': 'object'}, 'The OpenAPI document.')}}},
+        '/metrics': {'get': {
+            'operationId': 'metrics', 'summary': 'Prometheus metrics of this process.',
+            'security': [],
+            'responses': {'200': {'description': 'The Prometheus text format.', 'content': {
+                'text/plain': {'schema': {'type': 'string'}}}}}}},
+    },
+}
+
+
+@bp.get('/api/openapi.json')
+def openapi():
+    """The OpenAPI document of every route."""
+    return DOCUMENT
