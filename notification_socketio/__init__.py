@@ -23,7 +23,7 @@ def create_app(config=None):
     from flask import Flask
     from flask_socketio import SocketIO
 
-    from . import api, events, metrics, openapi
+    from . import api, events, jsoncodec, metrics, openapi
     from .config import Config
     from .delivery import Delivery
     from .fanout import RedisFanout
@@ -57,6 +57,7 @@ def create_app(config=None):
         manage_session=False,
         logger=False,
         engineio_logger=False,
+        json=jsoncodec,
         **options,
     )
     server = app.extensions['notification_socketio'] = Server(

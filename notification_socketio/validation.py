@@ -1,5 +1,5 @@
 """Checks shared by the REST API and the Socket.IO events."""
-import json
+from . import jsoncodec
 
 MAX_ID_LENGTH = 256
 
@@ -22,11 +22,6 @@ def check_id(value, name):
 def parse_json(body):
     """Decode a request body as strict JSON (no NaN or Infinity), or raise InvalidInput."""
     try:
-        return json.loads(body, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        return jsoncodec.loads(body)
+    except (ValueError, RecursionError):
         raise InvalidInput('the body is not valid JSON') from None
-
-
-def _reject_constant(name):
-    # NaN and Infinity are not JSON: browsers' JSON.parse would drop the connection on them.
-    raise ValueError(name)

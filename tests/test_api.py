@@ -232,3 +232,21 @@ def test_any_user_id_reaches_its_routes(rest, user_id, path):
     assert response.status_code == 200
     sessions = rest.get(f'/api/{path}/sessions', headers=auth())
     assert sessions.json['userId'] == user_id
+
+
+@pytest.mark.parametrize('body, message', [
+    (b'{"message": 123456789012345678901234567890}', 123456789012345678901234567890),
+    (b'{"message": "\\ud800 lone surrogate"}', '\ud800 lone surrogate'),
+    (b'{"message": 1.5e300}', 1.5e300),
+    (b'{"message": "12345678901234567890 digits in a string"}',
+     '12345678901234567890 digits in a string'),
+])
+def test_messages_arrive_exactly_as_pushed(rest, socket_client, body, message):
+    rest.put('/api/u1/register?connectionId=c1', headers=auth())
+    client = socket_client()
+    client.emit('register', 'u1', 'c1', callback=True)
+    response = rest.post('/api/u1/push', data=body,
+                         headers={**auth(), 'Content-Type': 'application/json'})
+    assert response.status_code == 200
+    [event] = client.get_received()
+    assert event['args'] == message and type(event['args']) is type(message)

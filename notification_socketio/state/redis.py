@@ -13,6 +13,7 @@ import json
 
 import redis
 
+from .. import jsoncodec
 from .base import (EVERYONE, Claim, Entry, NotRegistered, Sessions, State, StateUnavailable,
                    parse_message_id)
 
@@ -239,7 +240,7 @@ class RedisState(State):
 
     @_unavailable_on_error
     def append(self, targets, message):
-        payload = json.dumps(message, ensure_ascii=False, separators=(',', ':'))
+        payload = jsoncodec.dumps(message)
         head = ('{"method":"emit","event":"message","host_id":"%s","data":[%s,{"id":"'
                 % (DELIVERY_HOST, payload))
         tails = ['}],"user":%s}' % json.dumps(target) for target in targets]
@@ -255,7 +256,7 @@ class RedisState(State):
         after = parse_message_id(after_id) if after_id is not None else ('', '')
         found = self._run('history', [self.history_key(user_id), self.BROADCAST_KEY],
                           [*after, self._history_ms])
-        entries = [(parse_message_id(message_id), json.loads(fields[1]))
+        entries = [(parse_message_id(message_id), jsoncodec.loads(fields[1]))
                    for stream in found for message_id, fields in stream]
         return [Entry(f'{ms}-{seq}', ms, message)
                 for (ms, seq), message in sorted(entries, key=lambda pair: pair[0])]

@@ -1,0 +1,197 @@
+// The load generator: one scenario against one server, results as one JSON line.
+// Usage: node load.js '{"scenario": "S1", "url": "http://127.0.0.1:3000", "token": "t", ...}'
+// Both servers speak the original's API, so the same code drives both.
+'use strict';
+const http = require('http');
+const { performance } = require('perf_hooks');
+const { io } = require('socket.io-client');
+
+const options = JSON.parse(process.argv[2]);
+const base = new URL(options.url);
+const agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
+
+function request(method, path, body) {
+  return new Promise((resolve, reject) => {
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    const req = http.request({
+      host: base.hostname, port: base.port, method, path, agent,
+      headers: {
+        'X-AUTH-TOKEN': options.token,
+        ...(payload ? { 'Content-Type': 'application/json',
+                        'Content-Length': Buffer.byteLength(payload) } : {}),
+      },
+    }, (res) => {
+      res.resume();
+      res.on('end', () => (res.statusCode === 200 ? resolve()
+        : reject(new Error(`${method} ${path}: ${res.statusCode}`))));
+    });
+    req.on('error', reject);
+    if (payload) req.write(payload);
+    req.end();
+  });
+}
+
+const sockets = [];
+
+async function openSession(userId, connectionId, transport, onMessage) {
+  await request('PUT', `/api/${userId}/register?connectionId=${connectionId}`);
+  return new Promise((resolve, reject) => {
+    const socket = io(options.url, { transports: [transport], forceNew: true,
+                                     reconnection: false, timeout: 30000 });
+    sockets.push(socket);
+    socket.on('message', onMessage);
+    socket.on('connect_error', reject);
+    socket.on('connect', () => {
+      socket.emit('register', userId, connectionId, (ack) => {
+        if (ack && ack.ok) resolve(socket);
+        else reject(new Error(`register refused: ${JSON.stringify(ack)}`));
+      });
+    });
+  });
+}
+
+async function openSessions(count, userOf, transport, onMessage, batch = 50) {
+  for (let start = 0; start < count; start += batch) {
+    const opening = [];
+    for (let i = start; i < Math.min(count, start + batch); i += 1) {
+      opening.push(openSession(userOf(i), `c${i}-${Math.random().toString(36).slice(2)}`,
+                               transport, onMessage));
+    }
+    await Promise.all(opening);
+  }
+}
+
+function percentile(sorted, p) {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+// S1 and S4: users with one session each, `pushes` REST pushes with `inFlight` at a time.
+async function pushesToManyUsers(transport) {
+  const { users, pushes, inFlight } = options;
+  const latencies = [];
+  let received = 0;
+  let done;
+  const allReceived = new Promise((resolve) => { done = resolve; });
+  const prefix = `u${Math.random().toString(36).slice(2, 8)}`;
+  await openSessions(users, (i) => `${prefix}-${i}`, transport, (message) => {
+    latencies.push(performance.now() - message.t);
+    received += 1;
+    if (received === pushes) done();
+  });
+  let next = 0;
+  const cpuStart = process.cpuUsage();
+  const started = performance.now();
+  async function worker() {
+    while (next < pushes) {
+      const n = next;
+      next += 1;
+      await request('POST', `/api/${prefix}-${n % users}/push`,
+                    { message: { n, t: performance.now() } });
+    }
+  }
+  await Promise.all(Array.from({ length: inFlight }, worker));
+  await allReceived;
+  const seconds = (performance.now() - started) / 1000;
+  latencies.sort((a, b) => a - b);
+  return { rate: pushes / seconds, unit: 'pushes delivered/s', seconds,
+           p50_ms: percentile(latencies, 50), p99_ms: percentile(latencies, 99),
+           generator_cpu: cpuShare(cpuStart, seconds) };
+}
+
+// S2: one user with `sessions` sessions, `pushes` pushes one at a time.
+async function fanOut() {
+  const { sessions: count, pushes } = options;
+  let received = 0;
+  let waiting = null;
+  const user = `fan${Math.random().toString(36).slice(2, 8)}`;
+  await openSessions(count, () => user, 'websocket', () => {
+    received += 1;
+    if (received === count && waiting) waiting();
+  });
+  const cpuStart = process.cpuUsage();
+  const started = performance.now();
+  for (let n = 0; n < pushes; n += 1) {
+    received = 0;
+    const all = new Promise((resolve) => { waiting = resolve; });
+    await request('POST', `/api/${user}/push`, { message: { n } });
+    await all;
+  }
+  const seconds = (performance.now() - started) / 1000;
+  return { rate: (count * pushes) / seconds, unit: 'deliveries/s', seconds,
+           generator_cpu: cpuShare(cpuStart, seconds) };
+}
+
+// S3: `sessions` registered idle sessions, held until stdin closes (the orchestrator
+// measures the server's memory meanwhile).
+async function idleSessions() {
+  const prefix = `idle${Math.random().toString(36).slice(2, 8)}`;
+  await openSessions(options.sessions, (i) => `${prefix}-${i}`, 'websocket', () => {});
+  process.stdout.write('READY\n');
+  await new Promise((resolve) => process.stdin.on('end', resolve).resume());
+  return { sessions: options.sessions };
+}
+
+// S5: open and register `sessions` sessions, `batch` at a time.
+async function openAndRegister() {
+  const prefix = `open${Math.random().toString(36).slice(2, 8)}`;
+  const cpuStart = process.cpuUsage();
+  const started = performance.now();
+  await openSessions(options.sessions, (i) => `${prefix}-${i}`, 'websocket', () => {},
+                     options.batch);
+  const seconds = (performance.now() - started) / 1000;
+  return { rate: options.sessions / seconds, unit: 'sessions/s', seconds,
+           generator_cpu: cpuShare(cpuStart, seconds) };
+}
+
+// S1 with the batch route: `pushes` messages as requests of `perRequest` users each.
+async function batchPushes() {
+  const { users, pushes, perRequest, inFlight } = options;
+  let received = 0;
+  let done;
+  const allReceived = new Promise((resolve) => { done = resolve; });
+  const prefix = `b${Math.random().toString(36).slice(2, 8)}`;
+  await openSessions(users, (i) => `${prefix}-${i}`, 'websocket', () => {
+    received += 1;
+    if (received === pushes) done();
+  });
+  const requests = Math.ceil(pushes / perRequest);
+  let next = 0;
+  const cpuStart = process.cpuUsage();
+  const started = performance.now();
+  async function worker() {
+    while (next < requests) {
+      const n = next;
+      next += 1;
+      const batch = Array.from({ length: perRequest }, (_, i) => `${prefix}-${(n * perRequest + i) % users}`);
+      await request('POST', '/api/push', { users: batch, message: { n } });
+    }
+  }
+  await Promise.all(Array.from({ length: inFlight }, worker));
+  await allReceived;
+  const seconds = (performance.now() - started) / 1000;
+  return { rate: pushes / seconds, unit: 'deliveries/s', seconds,
+           generator_cpu: cpuShare(cpuStart, seconds) };
+}
+
+function cpuShare(start, seconds) {
+  const used = process.cpuUsage(start);
+  return (used.user + used.system) / 1e6 / seconds;
+}
+
+const scenarios = {
+  S1: () => pushesToManyUsers('websocket'),
+  S2: fanOut,
+  S3: idleSessions,
+  S4: () => pushesToManyUsers('polling'),
+  S5: openAndRegister,
+  BATCH: batchPushes,
+};
+
+scenarios[options.scenario]().then((result) => {
+  process.stdout.write(`${JSON.stringify(result)}\n`);
+  for (const socket of sockets) socket.close();
+  process.exit(0);
+}, (error) => {
+  process.stderr.write(`${error.stack || error}\n`);
+  process.exit(1);
+});

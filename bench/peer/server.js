@@ -1,0 +1,68 @@
+// The reference peer: the original notification-socket.io's API (REST + Socket.IO) on
+// Express 4 and Socket.IO 4, as a team would run it instead of notification-socketio.
+// Written for the benchmark only: one process, no history, no recovery.
+'use strict';
+const http = require('http');
+const express = require('express');
+const { Server } = require('socket.io');
+
+const app = express();
+app.use(express.urlencoded({ extended: true }));
+app.use(express.json({ limit: '64kb' }));
+const server = http.createServer(app);
+const io = new Server(server, { cors: { origin: '*' } });
+const token = process.env.AUTH_TOKEN;
+const connections = new Map();   // userId -> Map(connectionId -> socket or null)
+
+function authorized(req, res) {
+  if (req.get('X-AUTH-TOKEN') !== token) {
+    res.status(401).end();
+    return false;
+  }
+  return true;
+}
+
+io.on('connection', (socket) => {
+  socket.on('register', (userId, connectionId, ack) => {
+    const user = connections.get(userId);
+    const ok = Boolean(user && user.has(connectionId) && user.get(connectionId) === null);
+    if (ok) {
+      user.set(connectionId, socket);
+      socket.data.registration = [userId, connectionId];
+    }
+    if (typeof ack === 'function') ack({ ok });
+  });
+  socket.on('disconnect', () => {
+    const registration = socket.data.registration;
+    if (!registration) return;
+    const user = connections.get(registration[0]);
+    if (user && user.get(registration[1]) === socket) user.set(registration[1], null);
+  });
+});
+
+app.put('/api/:userId/register', (req, res) => {
+  if (!authorized(req, res)) return;
+  const { userId } = req.params;
+  const { connectionId } = req.query;
+  if (!connectionId) return res.status(400).send('Bad Request');
+  if (!connections.has(userId)) connections.set(userId, new Map());
+  connections.get(userId).set(connectionId, null);
+  res.end();
+});
+
+app.post('/api/:userId/push', (req, res) => {
+  if (!authorized(req, res)) return;
+  const message = req.body && req.body.message;
+  if (message === undefined || message === null) return res.status(400).send('Bad Request');
+  const user = connections.get(req.params.userId);
+  if (user) {
+    for (const socket of user.values()) {
+      if (socket) socket.emit('message', message);
+    }
+  }
+  res.end();
+});
+
+app.get('/api/status/ping', (req, res) => res.send('pong'));
+
+server.listen(Number(process.env.PORT || 3000), '127.0.0.1');
