@@ -41,6 +41,19 @@ def follower(server, proxies, listeners, transport, user, connection_id='tab'):
     return proxy, client
 
 
+def pushed_while_away(server, proxy, client, user, label, count):
+    """Cut the client off and keep it off while `count` messages are pushed; let it back in.
+
+    Returns the ids pushed meanwhile, once the client has claimed its registration again.
+    """
+    proxy.blackhole()   # the client cannot come back until restore()
+    proxy.cut()
+    pushed = [server.pushed(user, f'{label} {n}') for n in range(count)]
+    proxy.restore()
+    assert client.next_ack() == {'ok': True}
+    return pushed
+
+
 def test_a_clean_close_loses_nothing(recovering_server, listeners, transport, user):
     server = recovering_server
     assert server.register(user, 'tab').status_code == 200
@@ -59,11 +72,7 @@ def test_a_cut_with_nothing_received_before_loses_nothing(
         recovering_server, proxies, listeners, transport, user):
     # socket.io issue 5538: recovery failed when no message had arrived before the cut.
     proxy, client = follower(recovering_server, proxies, listeners, transport, user)
-    proxy.blackhole()   # the client cannot come back until restore()
-    proxy.cut()
-    during = [recovering_server.pushed(user, f'during {n}') for n in range(5)]
-    proxy.restore()
-    assert client.next_ack() == {'ok': True}
+    during = pushed_while_away(recovering_server, proxy, client, user, 'during', 5)
     after = recovering_server.pushed(user, 'after')
     assert client.until_received(during + [after]) == during + [after]
 
@@ -103,11 +112,7 @@ def test_a_long_idle_connection_recovers(
     first = recovering_server.pushed(user, 'first')
     client.until_received([first])
     time.sleep(4)   # the scenario itself: idle for four heartbeats
-    proxy.blackhole()
-    proxy.cut()
-    during = [recovering_server.pushed(user, f'during {n}') for n in range(3)]
-    proxy.restore()
-    assert client.next_ack() == {'ok': True}
+    during = pushed_while_away(recovering_server, proxy, client, user, 'during', 3)
     seen = client.until_received(during)
     assert [i for i in seen if i != first] == during
 
@@ -118,11 +123,8 @@ def test_a_second_cut_after_a_recovered_one_loses_nothing(
     proxy, client = follower(recovering_server, proxies, listeners, transport, user)
     pushed = []
     for cut in range(3):
-        proxy.blackhole()
-        proxy.cut()
-        pushed += [recovering_server.pushed(user, f'cut {cut} message {n}') for n in range(3)]
-        proxy.restore()
-        assert client.next_ack() == {'ok': True}
+        pushed += pushed_while_away(recovering_server, proxy, client, user,
+                                    f'cut {cut} message', 3)
         pushed.append(recovering_server.pushed(user, f'after cut {cut}'))
         assert client.until_received(pushed) == pushed
 
