@@ -180,6 +180,7 @@ class Delivery:
             self.server._send_eio_packet(eio_sid, self._encode(entry))
             socket.last_sent = entry.message_id
         self._replayed.inc(len(backlog))
+        self._live.inc(len(live))   # held back during the replay, live all the same
         if backlog:
             self._recoveries.inc()
             log.info('replayed %d messages to connection %s of user %s', len(backlog),
