@@ -23,7 +23,8 @@ def create_app(config=None):
     from flask import Flask
     from flask_socketio import SocketIO
 
-    from . import api, events, jsoncodec, metrics, openapi
+    from . import api, events, jsoncodec, metrics, openapi, transport
+    from .fastpush import FastPush
     from .config import Config
     from .delivery import Delivery
     from .fanout import RedisFanout
@@ -60,8 +61,10 @@ def create_app(config=None):
         json=jsoncodec,
         **options,
     )
+    transport.install(socketio.server.eio)
     server = app.extensions['notification_socketio'] = Server(
         config=config, state=state, delivery=delivery, socketio=socketio,
         metrics=server_metrics)
     server_metrics.watch(server)
+    app.wsgi_app = FastPush(app.wsgi_app, server)
     return app

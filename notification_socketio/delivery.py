@@ -214,5 +214,5 @@ class Delivery:
         """The Engine.IO packet of a `message` event, encoded once for every socket."""
         packet = self.server.packet_class(
             sio_packet.EVENT, namespace=NAMESPACE,
-            data=['message', entry.message, entry.meta])
+            data=['message', entry.message, entry.meta], binary=False)   # JSON: no bytes
         return eio_packet.Packet(eio_packet.MESSAGE, packet.encode())

@@ -1,0 +1,234 @@
+"""Engine.IO sockets that write WebSocket frames from the sender's greenlet.
+
+python-engineio gives every WebSocket a writer greenlet fed by a queue, and every socket a
+greenlet that sleeps until its next PING. Each message then costs two greenlet switches
+per socket, and each idle session two parked greenlet stacks. Here, once a socket is on
+WebSocket, `send` writes the frame to the kernel at once without blocking; only when the
+kernel's buffer is full does a flusher greenlet start, and bytes wait behind it in order.
+PINGs come from a timer on the event loop. Everything else (polling, the upgrade, the
+heartbeat, closing) is python-engineio's own.
+
+Order is kept: a frame is written directly only when nothing waits before it, so
+messages, PINGs and closes leave in the order they were sent, which the delivery
+acknowledgement (heartbeat.py) relies on.
+"""
+import socket as _socket
+import struct
+import time
+
+import gevent
+from engineio import exceptions
+from engineio import packet as eio_packet
+from engineio import socket as eio_socket
+
+_CLOSE_FRAME = b'\x88\x02\x03\xe8'   # WebSocket close, status 1000
+
+
+def frame(pkt):
+    """The WebSocket frame of an Engine.IO packet (kept on the packet for the next socket)."""
+    cached = getattr(pkt, 'ws_frame', None)
+    if cached is not None:
+        return cached
+    encoded = pkt.encode()
+    if isinstance(encoded, str):
+        opcode, payload = 0x81, encoded.encode()
+    else:
+        opcode, payload = 0x82, bytes(encoded)
+    length = len(payload)
+    if length < 126:
+        header = bytes((opcode, length))
+    elif length < 65536:
+        header = struct.pack('!BBH', opcode, 126, length)
+    else:
+        header = struct.pack('!BBQ', opcode, 127, length)
+    pkt.ws_frame = header + payload
+    return pkt.ws_frame
+
+
+def install(eio):
+    """Make every new Engine.IO socket of server `eio` a DirectSocket."""
+    on_connect = eio.handlers['connect']
+
+    def connect(sid, environ):
+        socket = eio.sockets.get(sid)
+        if type(socket) is eio_socket.Socket:
+            socket.__class__ = DirectSocket
+        return on_connect(sid, environ)
+
+    eio.on('connect', connect)
+
+
+class DirectSocket(eio_socket.Socket):
+    """An Engine.IO socket that writes WebSocket frames without a writer greenlet."""
+
+    conn = None          # the connection's gevent socket, once on WebSocket
+    backlog = None       # frames waiting behind a running flusher, or None
+    backlog_bytes = 0
+    shut = False         # shutdown() once the backlog is out
+    ping_timer = None
+
+    def send(self, pkt):
+        """Send a packet to the client (never blocks)."""
+        if self.conn is None:
+            return super().send(pkt)
+        if self.check_ping_timeout():
+            self._write(frame(pkt))
+
+    def _write(self, data):
+        if self.backlog is not None:
+            self.backlog.append(data)
+            self.backlog_bytes += len(data)
+            return
+        try:
+            sent = self.conn.send(data, 0, 0.0)   # timeout 0: one attempt, never waits
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._drop()
+            return
+        if sent < len(data):
+            self.backlog = [data[sent:]]
+            self.backlog_bytes = len(data) - sent
+            gevent.spawn(self._flush)
+
+    def _flush(self):
+        """Write what waits, in order, as the client reads it; then stop."""
+        try:
+            while self.backlog:
+                data = b''.join(self.backlog)
+                self.backlog = []
+                self.backlog_bytes = 0
+                self.conn.sendall(data)
+        except OSError:
+            self._drop()
+        finally:
+            self.backlog = None
+            self.backlog_bytes = 0
+        if self.shut:
+            self._shutdown()
+
+    def close(self, wait=True, abort=False, reason=None):
+        """Close the socket; on WebSocket, end the connection once what was sent is out."""
+        if self.ping_timer is not None:
+            self.ping_timer.close()
+        if self.conn is None:
+            return super().close(wait=wait, abort=abort, reason=reason)
+        if self.closed or self.closing:
+            return
+        self.closing = True
+        self.server._trigger_event('disconnect', self.sid,
+                                   reason or self.server.reason.SERVER_DISCONNECT,
+                                   run_async=False)
+        if abort:
+            self.backlog = None
+        else:
+            self._write(frame(eio_packet.Packet(eio_packet.CLOSE)))
+        self._write(_CLOSE_FRAME)
+        self.closed = True
+        self.shut = True
+        if self.backlog is None:
+            self._shutdown()
+
+    def _drop(self):
+        """The connection failed: end it; the reader greenlet then closes the socket."""
+        self.backlog = None
+        self._shutdown()
+
+    def _shutdown(self):
+        try:
+            self.conn.shutdown(_socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def schedule_ping(self):
+        """The next PING after `ping_interval`, from a timer rather than a sleeping greenlet."""
+        if self.last_ping:
+            self.last_ping = None
+            if self.ping_timer is None:
+                self.ping_timer = gevent.get_hub().loop.timer(self.server.ping_interval)
+            self.ping_timer.start(gevent.spawn, self._ping)
+
+    def _ping(self):
+        if not self.closing and not self.closed:
+            self.last_ping = time.time()
+            self.send(eio_packet.Packet(eio_packet.PING))
+
+    def _websocket_handler(self, ws):
+        """python-engineio's handler, writing directly once the upgrade is done."""
+        conn = getattr(getattr(getattr(ws, '_sock', None), 'stream', None), 'handler', None)
+        if conn is None:   # not gevent-websocket: python-engineio's writer greenlet
+            return super()._websocket_handler(ws)
+        conn = conn.socket
+
+        def websocket_wait():
+            data = ws.wait()
+            if data and len(data) > self.server.max_http_buffer_size:
+                raise ValueError('packet is too large')
+            return data
+
+        if self.connected:
+            # An upgrade from polling: sends queue up until it is done.
+            self.upgrading = True
+            pkt = websocket_wait()
+            decoded = eio_packet.Packet(encoded_packet=pkt)
+            if decoded.packet_type != eio_packet.PING or decoded.data != 'probe':
+                self.upgrading = False
+                return []
+            ws.send(eio_packet.Packet(eio_packet.PONG, data='probe').encode())
+            self.queue.put(eio_packet.Packet(eio_packet.NOOP))   # ends the pending poll
+            pkt = websocket_wait()
+            decoded = eio_packet.Packet(encoded_packet=pkt)
+            if decoded.packet_type != eio_packet.UPGRADE:
+                self.upgraded = False
+                self.upgrading = False
+                return []
+            self.upgraded = True
+            self.upgrading = False
+        else:
+            self.connected = True
+            self.upgraded = True
+
+        # What was queued goes first, then everything is written directly (no switch
+        # happens between the two, so nothing can slip in between).
+        self.conn = conn
+        closed = self._drain_queue()
+        if closed and not self.closed:
+            self.closed = True
+        if self.closed:
+            self.shut = True
+            self._write(_CLOSE_FRAME)
+            if self.backlog is None:
+                self._shutdown()
+
+        while not self.closed:
+            try:
+                p = websocket_wait()
+            except Exception:
+                break
+            if p is None:
+                break
+            try:
+                self.receive(eio_packet.Packet(encoded_packet=p))
+            except exceptions.UnknownPacketError:
+                pass
+            except exceptions.SocketIsClosedError:
+                break
+            except Exception:
+                self.server.logger.exception('Unknown receive error')
+                break
+
+        self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+        return []
+
+    def _drain_queue(self):
+        """Write the packets queued before the switch to direct writes; True if closed."""
+        empty = self.server.get_queue_empty_exception()
+        while True:
+            try:
+                pkt = self.queue.get(block=False)
+            except empty:
+                return False
+            self.queue.task_done()
+            if pkt is None:
+                return True
+            self._write(frame(pkt))
