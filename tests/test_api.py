@@ -250,3 +250,34 @@ def test_messages_arrive_exactly_as_pushed(rest, socket_client, body, message):
     assert response.status_code == 200
     [event] = client.get_received()
     assert event['args'] == message and type(event['args']) is type(message)
+
+
+def test_the_fast_push_path_answers_exactly_like_the_flask_route(rest, app):
+    # A JSON push is answered before Flask (fastpush.py); the same push as a form goes
+    # through the Flask route. Both must look the same to the backend and to /metrics.
+    fast = rest.post('/api/u1/push', headers=auth(), json={'message': {'n': 1}})
+    routed = rest.post('/api/u1/push', headers=auth(), data={'message': 'hi'})
+    assert fast.status_code == routed.status_code == 200
+    assert dict(fast.headers) == {**dict(routed.headers),
+                                  'Content-Length': str(len(fast.get_data()))}
+    assert set(fast.json) == set(routed.json) == {'id'}
+    assert fast.get_data() == ('{"id":"%s"}\n' % fast.json['id']).encode()
+    assert routed.get_data() == ('{"id":"%s"}\n' % routed.json['id']).encode()
+    metrics = rest.get('/metrics').get_data(as_text=True)
+    assert 'nsio_pushes_total{outcome="ok",route="push"} 2.0' in metrics
+    assert 'nsio_push_latency_seconds_count{route="push"} 2.0' in metrics
+
+
+@pytest.mark.parametrize('path, body, status', [
+    ('/api/u1/push', b'{"message": null}', 400),
+    ('/api/u1/push', b'{"message": 1', 400),
+    ('/api/u1/push', b'[1]', 400),
+    ('/api/%s/push' % ('u' * (MAX_ID_LENGTH + 1)), b'{"message": 1}', 400),
+    ('/api/a%2Fb/push', b'{"message": 1}', 200),
+    ('/api/%C3%A9/push', b'{"message": 1}', 200),
+])
+def test_pushes_the_fast_path_does_not_take_are_answered_by_flask(rest, path, body, status):
+    response = rest.post(path, headers={**auth(), 'Content-Type': 'application/json'},
+                         data=body)
+    assert response.status_code == status
+    assert ('error' in response.json) == (status != 200)
