@@ -13,7 +13,8 @@ except ConfigError as _error:
     sys.exit(f'notification-socketio: {_error}')
 
 bind = [f'0.0.0.0:{_config.port}']
-worker_class = 'geventwebsocket.gunicorn.workers.GeventWebSocketWorker'
+# gevent-websocket's worker, with gunicorn's access log (worker.py).
+worker_class = 'notification_socketio.worker.Worker'
 # One worker: long-polling needs every request of a session on the same process.
 # WEB_CONCURRENCY (set by PaaS) is deliberately not read; scale out with processes + Redis.
 workers = 1

@@ -139,6 +139,20 @@ def test_connection_ids_and_tokens_stay_out_of_the_log(server, listeners):
     assert TOKEN not in log
 
 
+
+def test_the_access_log_is_gunicorns_and_holds_no_query_string(start_server, listeners):
+    server = start_server(args=['--access-logfile', '-'])
+    user = unique('user')
+    connection_id = 'secret-connection-' + uuid.uuid4().hex
+    listener = listeners(server.url, 'polling').connect()
+    claimed(server, listener, user, connection_id)
+    assert server.push(user, 'x').status_code == 200   # answered before Flask (fastpush.py)
+    listener.get()
+    wait_for(lambda: f'"POST /api/{user}/push" 200' in server.log())
+    wait_for(lambda: f'"PUT /api/{user}/register" 200' in server.log())
+    assert '"GET /socket.io/' in server.log()
+    assert connection_id not in server.log() and 'EIO=4' not in server.log()
+
 @pytest.mark.parametrize('env, args', [
     ({'AUTH_TOKEN': ''}, []),
     ({'AUTH_TOKEN': ' , '}, []),
