@@ -23,6 +23,20 @@ class Handler(WebSocketHandler, PyWSGIHandler):
         super().__init__(sock, address, server,
                          rfile if rfile is not None else sock.makefile('rb', READ_BUFFER))
 
+    def upgrade_websocket(self):
+        """Upgrade, unless the page's origin is one that CORS_ALLOWED_ORIGINS leaves out.
+
+        Refused before the handshake, python-engineio's 400 reaches the browser, which
+        gives up at once; after it, the browser would wait for its connect timeout.
+        """
+        origin = self.environ.get('HTTP_ORIGIN')
+        server = getattr(self.application, 'extensions', {}).get('notification_socketio')
+        if origin and server is not None:
+            allowed = server.config.cors_allowed_origins
+            if allowed != '*' and origin.rstrip('/') not in allowed:
+                return None
+        return super().upgrade_websocket()
+
     def log_request(self):
         if '101' not in str(self.status):
             PyWSGIHandler.log_request(self)
