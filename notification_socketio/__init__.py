@@ -23,7 +23,7 @@ def create_app(config=None):
     from flask import Flask
     from flask_socketio import SocketIO
 
-    from . import api, events, jsoncodec, metrics, openapi, transport
+    from . import api, console, events, jsoncodec, metrics, openapi, transport
     from .fastpush import FastPush
     from .config import Config
     from .delivery import Delivery
@@ -38,6 +38,7 @@ def create_app(config=None):
     app.register_blueprint(api.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(console.bp)
 
     state = create_state(config)
     socketio = SocketIO()

@@ -8,6 +8,12 @@ class ConfigError(ValueError):
     """A setting is missing or wrong; the message is one line for the operator."""
 
 
+#: The official build of the socket.io client that /console loads, and its SRI hash (the
+#: sha384 of the same file in the npm package; tests/test_console.py checks the two agree).
+DEFAULT_CLIENT_URL = 'https://cdn.socket.io/4.8.1/socket.io.min.js'
+DEFAULT_CLIENT_INTEGRITY = 'sha384-mkQ3/7FUtcGyoppY6bz/PORYoGqOl7/aSUMn2ymDOJcapfS6PHqxhRTMh1RR0Q6+'
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Every setting of the server, as API.md's configuration table lists it."""
@@ -22,8 +28,8 @@ class Config:
     max_message_bytes: int = 65536
     log_format: str = 'text'
     console: bool = True
-    socketio_client_url: str = (
-        'https://cdn.socket.io/4.8.1/socket.io.min.js')
+    socketio_client_url: str = DEFAULT_CLIENT_URL
+    socketio_client_integrity: str = DEFAULT_CLIENT_INTEGRITY
     ping_interval: float = 25.0
     ping_timeout: float = 20.0
 
@@ -48,8 +54,7 @@ class Config:
             max_message_bytes=_int(env, 'MAX_MESSAGE_BYTES', 65536, low=64),
             log_format=_choice(env, 'LOG_FORMAT', 'text', ('text', 'json')),
             console=_choice(env, 'CONSOLE', '1', ('0', '1')) == '1',
-            socketio_client_url=(env.get('SOCKETIO_CLIENT_URL', '').strip()
-                                 or cls.socketio_client_url),
+            **_client_script(env),
             ping_interval=_float(env, 'PING_INTERVAL', 25.0),
             ping_timeout=_float(env, 'PING_TIMEOUT', 20.0),
         )
@@ -105,6 +110,23 @@ def _origins(raw):
                 f'CORS_ALLOWED_ORIGINS entries must look like https://host[:port], '
                 f'not {origin!r}')
     return origins
+
+
+def _client_script(env):
+    """Where /console loads socket.io from, and the SRI hash the browser checks it against.
+
+    A URL of one's own comes with `SOCKETIO_CLIENT_INTEGRITY` (sha256/384/512-...) or none.
+    """
+    url = env.get('SOCKETIO_CLIENT_URL', '').strip() or DEFAULT_CLIENT_URL
+    integrity = env.get('SOCKETIO_CLIENT_INTEGRITY', '').strip()
+    if url == DEFAULT_CLIENT_URL:
+        integrity = integrity or DEFAULT_CLIENT_INTEGRITY
+    scheme = urlsplit(url).scheme
+    if scheme not in ('http', 'https', '') or url.lower().startswith('javascript:'):
+        raise ConfigError(f'SOCKETIO_CLIENT_URL must be an http(s) URL or a path, not {url!r}')
+    if integrity and not integrity.startswith(('sha256-', 'sha384-', 'sha512-')):
+        raise ConfigError('SOCKETIO_CLIENT_INTEGRITY must look like sha384-<base64>')
+    return {'socketio_client_url': url, 'socketio_client_integrity': integrity}
 
 
 def _redis_url(url):

@@ -151,6 +151,13 @@ DOCUMENT = {
             'security': [],
             'responses': {'200': {'description': 'The Prometheus text format.', 'content': {
                 'text/plain': {'schema': {'type': 'string'}}}}}}},
+        '/console': {'get': {
+            'operationId': 'console', 'security': [],
+            'summary': 'A page to try the server in a browser (the token stays in the page).',
+            'description': 'Absent (404, like any unknown route) when CONSOLE=0.',
+            'responses': {
+                '200': {'description': 'The console page.',
+                        'content': {'text/html': {'schema': {'type': 'string'}}}}}}},
     },
 }
 

@@ -281,3 +281,38 @@ def test_pushes_the_fast_path_does_not_take_are_answered_by_flask(rest, path, bo
                          data=body)
     assert response.status_code == status
     assert ('error' in response.json) == (status != 200)
+
+
+def test_the_console_page_is_served_with_a_strict_policy(rest):
+    response = rest.get('/console')
+    assert response.status_code == 200
+    assert response.mimetype == 'text/html'
+    page = response.get_data(as_text=True)
+    assert 'src="https://cdn.socket.io/4.8.1/socket.io.min.js"' in page
+    assert 'integrity="sha384-' in page
+    policy = response.headers['Content-Security-Policy']
+    assert "script-src 'nonce-" in policy and 'https://cdn.socket.io' in policy
+    assert "'unsafe-inline'" not in policy and "frame-ancestors 'none'" in policy
+    assert response.headers['Cache-Control'] == 'no-store'
+    assert TOKEN not in page
+
+
+def test_the_console_can_be_turned_off():
+    from notification_socketio import create_app
+    from notification_socketio.config import Config
+    off = create_app(Config.from_env({'AUTH_TOKEN': TOKEN, 'CONSOLE': '0'})).test_client()
+    response = off.get('/console')
+    assert response.status_code == 404
+    assert response.json == {'error': 'no such route'}
+
+
+def test_a_client_url_of_ones_own_goes_into_the_page_and_its_policy():
+    from notification_socketio import create_app
+    from notification_socketio.config import Config
+    own = create_app(Config.from_env({
+        'AUTH_TOKEN': TOKEN, 'SOCKETIO_CLIENT_URL': 'https://static.example.com/sio.js',
+        'SOCKETIO_CLIENT_INTEGRITY': 'sha384-abc'})).test_client()
+    response = own.get('/console')
+    assert 'src="https://static.example.com/sio.js"' in response.get_data(as_text=True)
+    assert 'integrity="sha384-abc"' in response.get_data(as_text=True)
+    assert 'https://static.example.com' in response.headers['Content-Security-Policy']
