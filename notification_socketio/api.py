@@ -9,7 +9,7 @@ from werkzeug.routing import PathConverter
 
 from . import __version__
 from .delivery import redact
-from .state import StateUnavailable
+from .state import StateUnavailable, TooManySessions
 from .validation import InvalidInput, check_id, parse_json
 
 bp = Blueprint('api', __name__, url_prefix='/api')
@@ -171,6 +171,13 @@ def error_response(status, message):
 @bp.app_errorhandler(InvalidInput)
 def _invalid_input(error):
     return error_response(400, str(error))
+
+
+@bp.app_errorhandler(TooManySessions)
+def _too_many_sessions(error):
+    limit = _server().config.max_sessions_per_user
+    return error_response(429, f'this user already has {limit} registrations, all held by '
+                               'live sockets (MAX_SESSIONS_PER_USER); revoke one first')
 
 
 @bp.app_errorhandler(StateUnavailable)

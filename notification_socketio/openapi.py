@@ -85,7 +85,10 @@ DOCUMENT = {
                     '200': _json({'type': 'object', 'required': ['ok', 'ttl'], 'properties': {
                         'ok': {'const': True}, 'ttl': {'type': 'number'}}},
                         'Registered; it expires `ttl` seconds after no socket holds it.'),
-                    '400': _INVALID, '401': _UNAUTHORIZED, '503': _UNAVAILABLE}},
+                    '400': _INVALID, '401': _UNAUTHORIZED,
+                    '429': _error('The user has MAX_SESSIONS_PER_USER registrations, all '
+                                  'held by live sockets; nothing was changed.'),
+                    '503': _UNAVAILABLE}},
             'delete': {
                 'operationId': 'revoke', 'security': _SECURED,
                 'summary': 'Revoke a registration: its socket is disconnected and it can '

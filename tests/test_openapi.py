@@ -74,9 +74,14 @@ def documented_statuses():
             for status in operation['responses']}
 
 
+# Statuses that need a scene of their own, produced by the test named.
+SCENES = {('/api/{userId}/register', 'put', 429):
+          'test_register_past_the_session_limit_is_429_as_documented'}
+
+
 def test_the_cases_cover_every_documented_status():
     covered = {(path, method, status) for (path, method), statuses in CASES.items()
-               for status in statuses}
+               for status in statuses} | set(SCENES)
     covered |= {(path, method, 503) for path, method in UNAVAILABLE}
     assert covered == documented_statuses()
 
@@ -117,6 +122,17 @@ def test_every_documented_status_is_produced_as_documented(redis_server, start_s
         response = requests.request(method, server.url + url, timeout=30, **options)
         assert response.status_code == 503, (method, url, response.text)
         check(response, path, method)
+
+
+def test_register_past_the_session_limit_is_429_as_documented(start_server, listeners):
+    server = start_server(env={'MAX_SESSIONS_PER_USER': '2'})
+    for connection_id in ('c1', 'c2'):
+        assert server.register('u', connection_id).status_code == 200
+        assert listeners(server.url).connect().register('u', connection_id) == {'ok': True}
+    response = server.register('u', 'c3')
+    assert response.status_code == 429
+    check(response, '/api/{userId}/register', 'put')
+    assert 'MAX_SESSIONS_PER_USER' in response.json()['error']
 
 
 def test_schemathesis_finds_nothing_wrong(server, tmp_path):

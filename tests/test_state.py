@@ -5,7 +5,7 @@ import pytest
 
 from notification_socketio.config import Config
 from notification_socketio.state import (EVERYONE, NotRegistered, Sessions, StateUnavailable,
-                                         parse_message_id)
+                                         TooManySessions, parse_message_id)
 from notification_socketio.state.memory import MemoryState
 from notification_socketio.state.redis import RedisState
 
@@ -294,3 +294,27 @@ def test_redis_counts_a_holder_that_stopped_answering_as_offline(redis_server):
 def test_malformed_message_ids_are_refused(bad):
     with pytest.raises(ValueError):
         parse_message_id(bad)
+
+
+def test_a_user_keeps_at_most_max_sessions_registrations(backend):
+    state, clock = backend(max_sessions_per_user=3, registration_ttl=30)
+    for n in range(3):
+        state.register('u', f'c{n}')
+        clock.advance(0.01)
+    state.claim('u', 'c1', 'sid-1')
+    # A fourth replaces the unheld one that would expire first (c0), not the held one.
+    state.register('u', 'c3')
+    with pytest.raises(NotRegistered):
+        state.claim('u', 'c0', 'sid-0')
+    assert state.sessions('u').registered == 3
+    state.register('u', 'c2')   # refreshing one that exists is no new registration
+    assert state.sessions('u').registered == 3
+    for n, connection_id in enumerate(['c2', 'c3']):
+        state.claim('u', connection_id, f'sid-{n + 2}')
+    with pytest.raises(TooManySessions):
+        state.register('u', 'c4')   # all three held: refused, nothing changed
+    assert state.sessions('u') == Sessions(online=3, registered=3)
+    state.release('u', 'c2', 'sid-2')
+    state.register('u', 'c4')
+    assert state.claim('u', 'c4', 'sid-4')
+    state.register('other', 'c0')   # the limit is per user

@@ -1,6 +1,6 @@
 """State backends, picked by REDIS_URL like python-socketio picks its client manager."""
 from .base import (EVERYONE, Claim, Entry, NotRegistered, Sessions, State, StateUnavailable,
-                   parse_message_id)
+                   TooManySessions, parse_message_id)
 
 
 def create_state(config):
@@ -13,4 +13,4 @@ def create_state(config):
 
 
 __all__ = ['EVERYONE', 'Claim', 'Entry', 'NotRegistered', 'Sessions', 'State',
-           'StateUnavailable', 'create_state', 'parse_message_id']
+           'StateUnavailable', 'TooManySessions', 'create_state', 'parse_message_id']

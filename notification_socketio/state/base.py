@@ -38,6 +38,10 @@ class NotRegistered(Exception):
     """No valid backend registration for this (userId, connectionId)."""
 
 
+class TooManySessions(Exception):
+    """The user has MAX_SESSIONS_PER_USER registrations, every one held by a live socket."""
+
+
 class StateUnavailable(Exception):
     """The shared state (Redis) cannot be reached; nothing was changed, the caller may retry."""
 
@@ -69,6 +73,7 @@ class State(abc.ABC):
 
     def __init__(self, config):
         self.registration_ttl = config.registration_ttl
+        self.max_sessions = config.max_sessions_per_user
         self.history_size = config.history_size
         self.history_ttl = config.history_ttl
         # A held registration whose socket has not answered a heartbeat for this long is
@@ -80,7 +85,9 @@ class State(abc.ABC):
         """Create or refresh the backend's registration; it expires if nobody claims it.
 
         A new registration counts every message pushed before it as received: only what
-        comes after is delivered or replayed to it.
+        comes after is delivered or replayed to it. A user keeps at most
+        MAX_SESSIONS_PER_USER registrations: a new one replaces the one that no socket
+        holds and would expire first; if sockets hold them all, TooManySessions.
         """
 
     @abc.abstractmethod

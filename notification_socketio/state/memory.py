@@ -2,7 +2,8 @@
 import collections
 import time
 
-from .base import EVERYONE, Claim, Entry, NotRegistered, Sessions, State, parse_message_id
+from .base import (EVERYONE, Claim, Entry, NotRegistered, Sessions, State, TooManySessions,
+                   parse_message_id)
 
 _SWEEP_INTERVAL = 5.0
 
@@ -34,11 +35,34 @@ class MemoryState(State):
         now = self._sweep()
         registration = self._registrations.get((user_id, connection_id))
         if registration is None:
+            self._make_room_for(user_id, now)
             self._registrations[(user_id, connection_id)] = _Registration(
                 now + self.registration_ttl, self._format_last_id())
             self._by_user[user_id].add(connection_id)
         elif registration.holder is None:
             registration.expires_at = now + self.registration_ttl
+
+    def _make_room_for(self, user_id, now):
+        """Below MAX_SESSIONS_PER_USER, or replace the unheld registration expiring first."""
+        connection_ids = self._by_user.get(user_id, ())
+        if len(connection_ids) < self.max_sessions:
+            return
+        unheld = []
+        for connection_id in list(connection_ids):
+            registration = self._registrations[(user_id, connection_id)]
+            if registration.holder is None:
+                if registration.expires_at <= now:
+                    del self._registrations[(user_id, connection_id)]
+                    self._forget(user_id, connection_id)
+                else:
+                    unheld.append((registration.expires_at, connection_id))
+        if len(self._by_user.get(user_id, ())) < self.max_sessions:
+            return
+        if not unheld:
+            raise TooManySessions()
+        _, oldest = min(unheld)
+        del self._registrations[(user_id, oldest)]
+        self._forget(user_id, oldest)
 
     def claim(self, user_id, connection_id, sid):
         registration = self._live_registration(user_id, connection_id)

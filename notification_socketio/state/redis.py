@@ -15,7 +15,7 @@ import redis
 
 from .. import jsoncodec
 from .base import (EVERYONE, Claim, Entry, NotRegistered, Sessions, State, StateUnavailable,
-                   parse_message_id)
+                   TooManySessions, parse_message_id)
 
 #: The host id that marks our deliveries on the Socket.IO channel (see fanout.py).
 DELIVERY_HOST = 'notification-socketio'
@@ -27,13 +27,35 @@ local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 """
 
-# KEYS: registration, user index, last id. ARGV: connectionId, ttl ms.
+# KEYS: registration, user index, last id.
+# ARGV: connectionId, ttl ms, registration key prefix, max sessions per user.
+# Returns 0, or -1 when the user's registrations are all held (TooManySessions).
 _REGISTER = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   if redis.call('HGET', KEYS[1], 'holder') == '' then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
   end
 else
+  if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[4]) then
+    local oldest, oldest_ttl, count = nil, nil, 0
+    for _, connection_id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+      local holder = redis.call('HGET', ARGV[3] .. connection_id, 'holder')
+      if not holder then
+        redis.call('SREM', KEYS[2], connection_id)
+      else
+        count = count + 1
+        if holder == '' then
+          local ttl = redis.call('PTTL', ARGV[3] .. connection_id)
+          if not oldest_ttl or ttl < oldest_ttl then oldest, oldest_ttl = connection_id, ttl end
+        end
+      end
+    end
+    if count >= tonumber(ARGV[4]) then
+      if not oldest then return -1 end
+      redis.call('DEL', ARGV[3] .. oldest)
+      redis.call('SREM', KEYS[2], oldest)
+    end
+  end
   redis.call('HSET', KEYS[1], 'holder', '', 'mark', redis.call('GET', KEYS[3]) or '',
              'seen', 0)
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -42,6 +64,7 @@ redis.call('SADD', KEYS[2], ARGV[1])
 if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
 end
+return 0
 """
 
 # KEYS: registration, user index. ARGV: sid, ttl ms.
@@ -204,9 +227,11 @@ class RedisState(State):
 
     @_unavailable_on_error
     def register(self, user_id, connection_id):
-        self._run('register', [self.registration_key(user_id, connection_id),
-                               self.index_key(user_id), self.LAST_ID_KEY],
-                  [connection_id, self._ttl_ms])
+        if self._run('register', [self.registration_key(user_id, connection_id),
+                                  self.index_key(user_id), self.LAST_ID_KEY],
+                     [connection_id, self._ttl_ms, self.registration_prefix(user_id),
+                      self.max_sessions]) == -1:
+            raise TooManySessions()
 
     @_unavailable_on_error
     def claim(self, user_id, connection_id, sid):
