@@ -60,9 +60,13 @@ def create_app(config=None):
         logger=False,
         engineio_logger=False,
         json=jsoncodec,
+        # A client sends `register` and little else: 64 KiB is plenty for a payload.
+        max_http_buffer_size=65536,
         **options,
     )
-    transport.install(socketio.server.eio)
+    events.guard_event_names(socketio.server)
+    transport.install(socketio.server.eio, config.max_socket_buffer_bytes,
+                      on_overflow=server_metrics.slow_consumers.inc)
     server = app.extensions['notification_socketio'] = Server(
         config=config, state=state, delivery=delivery, socketio=socketio,
         metrics=server_metrics)

@@ -52,6 +52,7 @@ class Delivery:
         self.socketio = socketio
         self.state = state
         self.sockets = {}   # sid -> _Socket
+        self.register_failures = {}   # sid -> failed `register` attempts
         self._live = metrics.deliveries.labels('live')
         self._replayed = metrics.deliveries.labels('replayed')
         self._recoveries = metrics.recoveries

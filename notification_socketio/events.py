@@ -1,7 +1,15 @@
-"""Socket.IO events: a client claims its registration with `register`, and leaves."""
-from flask import current_app, request
+"""Socket.IO events: a client claims its registration with `register`, and leaves.
 
-from .delivery import NAMESPACE
+A socket whose `register` fails MAX_REGISTER_FAILURES times (wrong arguments, or no
+such registration: a client guessing connectionIds) is disconnected. Any other event
+is answered, when the client asks for an acknowledgement, with `ok: false`.
+"""
+import logging
+
+from flask import current_app, request
+from socketio import packet as sio_packet
+
+from .delivery import NAMESPACE, redact
 from .state import NotRegistered, StateUnavailable, parse_message_id
 from .validation import InvalidInput, check_id
 
@@ -10,6 +18,32 @@ def init_socketio(socketio):
     """Attach the event handlers; call before `socketio.init_app` (see STACK.md)."""
     socketio.on_event('register', on_register, namespace=NAMESPACE)
     socketio.on_event('disconnect', on_disconnect, namespace=NAMESPACE)
+    socketio.on_event('*', on_unknown_event, namespace=NAMESPACE)
+
+
+log = logging.getLogger(__name__)
+
+
+def guard_event_names(server):
+    """Events a client names like the server's own never reach a handler.
+
+    python-socketio hands a client's event called "disconnect" to the disconnect handler,
+    and one called "*" to the catch-all handler with its arguments shifted (the first
+    taken for a sid). Such events, and names that are not strings, get `ok: false`.
+    """
+    handle_event = server._handle_event
+    reserved = {*server.reserved_events, '*'}
+
+    def guarded(eio_sid, namespace, id, data):
+        if data and (not isinstance(data[0], str) or data[0] in reserved):
+            if id is not None:
+                server._send_packet(eio_sid, server.packet_class(
+                    sio_packet.ACK, namespace=namespace, id=id,
+                    data=[{'ok': False, 'error': 'this event name is reserved'}]))
+            return None
+        return handle_event(eio_sid, namespace, id, data)
+
+    server._handle_event = guarded
 
 
 def on_register(*args):
@@ -17,23 +51,44 @@ def on_register(*args):
     try:
         user_id, connection_id, since = _register_arguments(args)
     except InvalidInput as error:
-        return {'ok': False, 'error': str(error)}
+        return _failed(str(error))
     try:
         _delivery().attach(request.sid, user_id, connection_id, since)
     except StateUnavailable:
         return {'ok': False, 'error': 'the server cannot reach its state right now; '
                                       'register again in a moment'}
     except NotRegistered:
-        return {'ok': False, 'error': 'no valid registration for this userId and '
-                                      'connectionId: the backend registers it first '
-                                      '(PUT /api/{userId}/register), and it expires '
-                                      'when no socket holds it'}
+        log.info('socket failed to claim connection %s of user %s',
+                 redact(connection_id), user_id[:64])
+        return _failed('no valid registration for this userId and connectionId: the '
+                       'backend registers it first (PUT /api/{userId}/register), and it '
+                       'expires when no socket holds it')
     return {'ok': True}
+
+
+def _failed(error):
+    """Count a failed `register` of this socket; past the limit, disconnect it."""
+    server = current_app.extensions['notification_socketio']
+    failures = server.delivery.register_failures
+    failures[request.sid] = failures.get(request.sid, 0) + 1
+    if failures[request.sid] >= server.config.max_register_failures:
+        log.warning('socket disconnected after %d failed register attempts',
+                    failures[request.sid])
+        server.socketio.server.disconnect(request.sid, namespace=NAMESPACE)
+        return {'ok': False, 'error': error + ' (too many failed attempts: disconnected)'}
+    return {'ok': False, 'error': error}
+
+
+def on_unknown_event(event, *_args):
+    """Any event but `register`: nothing happens; an acknowledgement says so."""
+    return {'ok': False, 'error': 'unknown event; the only event is register'}
 
 
 def on_disconnect(*_reason):
     """A socket went away: its registration stays valid for REGISTRATION_TTL."""
-    _delivery().detach(request.sid)
+    delivery = _delivery()
+    delivery.register_failures.pop(request.sid, None)
+    delivery.detach(request.sid)
 
 
 def _register_arguments(args):

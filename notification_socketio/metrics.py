@@ -38,6 +38,9 @@ class Metrics:
         self.recoveries = Counter(
             'nsio_recoveries', 'Sockets that got missed messages replayed',
             registry=self.registry)
+        self.slow_consumers = Counter(
+            'nsio_slow_consumers', 'Transports dropped because the client stopped reading '
+            '(MAX_SOCKET_BUFFER_BYTES)', registry=self.registry)
         self.revocations = Counter(
             'nsio_revocations', 'Sockets disconnected by a revocation',
             registry=self.registry)
@@ -67,7 +70,12 @@ class _LiveValues:
         errors = CounterMetricFamily('nsio_state_errors',
                                      'Calls to the shared state (Redis) that failed')
         errors.add_metric([], self.server.state.failures)
-        return [sockets, held, users, errors]
+        rooms = GaugeMetricFamily('nsio_user_rooms',
+                                  'Socket.IO rooms of users on this process (one per user '
+                                  'with a socket here; none left behind)')
+        rooms.add_metric([], sum(1 for room in self.server.socketio.server.manager.rooms.get(
+            '/', {}) if isinstance(room, str) and room.startswith('user:')))
+        return [sockets, held, users, errors, rooms]
 
     def describe(self):
         return []

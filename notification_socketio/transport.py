@@ -11,10 +11,17 @@ heartbeat, closing) is python-engineio's own.
 Order is kept: a frame is written directly only when nothing waits before it, so
 messages, PINGs and closes leave in the order they were sent, which the delivery
 acknowledgement (heartbeat.py) relies on.
+
+A client that stops reading cannot make the server hold its messages without bound:
+past MAX_SOCKET_BUFFER_BYTES waiting for it (behind the flusher on WebSocket, in the
+queue on long-polling), its transport is dropped. The official client then reconnects,
+and its registration replays what it missed from the history.
 """
 import socket as _socket
 import struct
 import time
+
+import logging
 
 import gevent
 from engineio import exceptions
@@ -22,6 +29,7 @@ from engineio import packet as eio_packet
 from engineio import socket as eio_socket
 
 _CLOSE_FRAME = b'\x88\x02\x03\xe8'   # WebSocket close, status 1000
+log = logging.getLogger(__name__)
 
 
 def frame(pkt):
@@ -45,8 +53,10 @@ def frame(pkt):
     return pkt.ws_frame
 
 
-def install(eio):
+def install(eio, max_buffer_bytes, on_overflow=None):
     """Make every new Engine.IO socket of server `eio` a DirectSocket."""
+    eio.nsio_max_buffer = max_buffer_bytes
+    eio.nsio_on_overflow = on_overflow
     on_connect = eio.handlers['connect']
 
     def connect(sid, environ):
@@ -66,18 +76,48 @@ class DirectSocket(eio_socket.Socket):
     backlog_bytes = 0
     shut = False         # shutdown() once the backlog is out
     ping_timer = None
+    queued_bytes = 0     # on long-polling: what waits in the queue
+    overflowed = False
 
     def send(self, pkt):
         """Send a packet to the client (never blocks)."""
+        if self.overflowed:
+            return
         if self.conn is None:
-            return super().send(pkt)
+            super().send(pkt)
+            if not self.closed:
+                self.queued_bytes += len(pkt.encode()) if pkt.data is not None else 1
+                if self.queued_bytes > self.server.nsio_max_buffer:
+                    self._overflow(self.queued_bytes)
+            return
         if self.check_ping_timeout():
             self._write(frame(pkt))
+
+    def poll(self):
+        """Wait for packets to send on long-polling (python-engineio's), counting them out."""
+        packets = super().poll()
+        for pkt in packets:
+            self.queued_bytes -= len(pkt.encode()) if pkt.data is not None else 1
+        self.queued_bytes = max(self.queued_bytes, 0)
+        return packets
+
+    def _overflow(self, size):
+        """The client does not read: drop its transport, from a greenlet of its own."""
+        self.overflowed = True
+        log.warning('socket %s dropped: %d bytes waiting for a client that does not read '
+                    '(MAX_SOCKET_BUFFER_BYTES); it recovers from the history on its return',
+                    self.sid[:4] + '***', size)
+        if self.server.nsio_on_overflow is not None:
+            self.server.nsio_on_overflow()
+        gevent.spawn(self.close, wait=False, abort=True,
+                     reason=self.server.reason.TRANSPORT_ERROR)
 
     def _write(self, data):
         if self.backlog is not None:
             self.backlog.append(data)
             self.backlog_bytes += len(data)
+            if self.backlog_bytes > self.server.nsio_max_buffer and not self.overflowed:
+                self._overflow(self.backlog_bytes)
             return
         try:
             sent = self.conn.send(data, 0, 0.0)   # timeout 0: one attempt, never waits
@@ -119,10 +159,12 @@ class DirectSocket(eio_socket.Socket):
         self.server._trigger_event('disconnect', self.sid,
                                    reason or self.server.reason.SERVER_DISCONNECT,
                                    run_async=False)
-        if abort:
+        if abort:   # dropped: no close packet, so that the client reconnects
             self.backlog = None
-        else:
-            self._write(frame(eio_packet.Packet(eio_packet.CLOSE)))
+            self.closed = self.shut = True
+            self._shutdown()
+            return
+        self._write(frame(eio_packet.Packet(eio_packet.CLOSE)))
         self._write(_CLOSE_FRAME)
         self.closed = True
         self.shut = True
