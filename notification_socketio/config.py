@@ -66,6 +66,11 @@ class Config:
                                          low=65536),
         )
 
+    def __post_init__(self):
+        if self.max_socket_buffer_bytes < 2 * self.max_message_bytes:
+            raise ConfigError('MAX_SOCKET_BUFFER_BYTES must be at least twice '
+                              'MAX_MESSAGE_BYTES, or one message would overflow a socket')
+
     @classmethod
     def for_testing(cls, **overrides):
         """A valid configuration with one token, for tests and tools."""

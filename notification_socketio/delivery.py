@@ -11,6 +11,9 @@ sent before it, so when it arrives the client has them all (heartbeat.py). That 
 stored with the registration; the next socket to claim it gets everything after it.
 """
 import logging
+import time
+
+import gevent
 
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
@@ -171,21 +174,55 @@ class Delivery:
             raise
         if self.sockets.get(sid) is not socket:
             return   # it disconnected, or claimed something else, while the history was read
-        newest = backlog[-1].message_id if backlog else socket.last_sent
-        floor = parse_message_id(newest) if newest else None
-        live = [entry for entry in socket.pending
-                if floor is None or parse_message_id(entry.message_id) > floor]
-        socket.pending = None
         eio_sid = self.server.manager.eio_sid_from_sid(sid, NAMESPACE)
-        for entry in backlog + live:
-            self.server._send_eio_packet(eio_sid, self._encode(entry))
-            socket.last_sent = entry.message_id
+        eio_socket = self.server.eio.sockets.get(eio_sid)
+        newest = backlog[-1].message_id if backlog else socket.last_sent
+        live_count, batch = 0, backlog
+        # Live messages keep waiting in `pending` until the replay is out: it may pause
+        # (below) while the client reads, and they must not overtake it.
+        while True:
+            floor = parse_message_id(newest) if newest else None
+            live = [entry for entry in socket.pending
+                    if floor is None or parse_message_id(entry.message_id) > floor]
+            socket.pending = []
+            batch, live_count = batch + live, live_count + len(live)
+            if not batch:
+                break
+            for entry in batch:
+                self.server._send_eio_packet(eio_sid, self._encode(entry))
+                socket.last_sent = newest = entry.message_id
+                if not self._paced(eio_socket) or self.sockets.get(sid) is not socket:
+                    socket.pending = None
+                    return
+            batch = []
+        socket.pending = None
         self._replayed.inc(len(backlog))
-        self._live.inc(len(live))   # held back during the replay, live all the same
+        self._live.inc(live_count)   # held back during the replay, live all the same
         if backlog:
             self._recoveries.inc()
             log.info('replayed %d messages to connection %s of user %s', len(backlog),
                      redact(socket.connection_id), socket.user_id)
+
+    def _paced(self, eio_socket):
+        """Let the client read a long replay before more of it is sent.
+
+        Past half of MAX_SOCKET_BUFFER_BYTES waiting for it, wait until it took most of
+        it, so that a replay of a big history never counts as a slow consumer. False if
+        the client read nothing for a whole heartbeat (it is then dropped) or left.
+        """
+        if eio_socket is None or not hasattr(eio_socket, 'waiting_bytes'):
+            return True
+        limit = self.server.eio.nsio_max_buffer
+        if eio_socket.waiting_bytes() <= limit // 2:
+            return True
+        deadline = time.monotonic() + self.server.eio.ping_interval + self.server.eio.ping_timeout
+        while eio_socket.waiting_bytes() > limit // 4:
+            if eio_socket.closed or time.monotonic() > deadline:
+                if not eio_socket.closed:
+                    eio_socket.overflow()
+                return False
+            gevent.sleep(0.01)
+        return True
 
     def _watch(self, sid):
         """Confirm what the socket received each time it answers a heartbeat."""

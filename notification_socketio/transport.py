@@ -101,6 +101,15 @@ class DirectSocket(eio_socket.Socket):
         self.queued_bytes = max(self.queued_bytes, 0)
         return packets
 
+    def waiting_bytes(self):
+        """What was sent and waits for the client (not counting the kernel's buffer)."""
+        return self.queued_bytes if self.conn is None else self.backlog_bytes
+
+    def overflow(self):
+        """Drop the transport of a client that does not read."""
+        if not self.overflowed:
+            self._overflow(self.waiting_bytes())
+
     def _overflow(self, size):
         """The client does not read: drop its transport, from a greenlet of its own."""
         self.overflowed = True
