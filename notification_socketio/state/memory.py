@@ -30,6 +30,9 @@ class MemoryState(State):
         self._histories = {}       # user_id (or EVERYONE) -> deque of Entry
         self._last_id = (0, -1)    # (ms, seq) of the newest message id, for every target
         self._next_sweep = 0.0
+        # Never hold what expired for much longer than it lived.
+        self._sweep_interval = min(_SWEEP_INTERVAL, self.registration_ttl,
+                                   self.history_ttl or _SWEEP_INTERVAL)
 
     def register(self, user_id, connection_id):
         now = self._sweep()
@@ -152,7 +155,7 @@ class MemoryState(State):
         now = self._clock()
         if now < self._next_sweep:
             return now
-        self._next_sweep = now + _SWEEP_INTERVAL
+        self._next_sweep = now + self._sweep_interval
         expired = [key for key, registration in self._registrations.items()
                    if registration.holder is None and registration.expires_at <= now]
         for user_id, connection_id in expired:
