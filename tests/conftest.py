@@ -2,6 +2,7 @@
 import contextlib
 import os
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -82,6 +83,16 @@ class ServerProcess:
             return requests.get(self.url + '/api/status/ping', timeout=1).text == 'pong'
         except requests.RequestException:
             return False
+
+    def worker_pid(self):
+        """The pid of gunicorn's (one) worker."""
+        children = Path(f'/proc/{self.process.pid}/task/{self.process.pid}/children')
+        return int(wait_for(lambda: children.read_text().split(), message='a worker')[0])
+
+    def rss_kib(self):
+        """The worker's resident memory, in KiB."""
+        status = Path(f'/proc/{self.worker_pid()}/status').read_text()
+        return int(re.search(r'^VmRSS:\s+(\d+) kB', status, re.MULTILINE).group(1))
 
     def log(self):
         """What the server printed so far."""
@@ -186,7 +197,9 @@ class Listener:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 missing = [m for m in message_ids if m not in seen]
-                raise AssertionError(f'never received {missing}; received {seen}')
+                raise AssertionError(f'never received {len(missing)} of {len(message_ids)}: '
+                                     f'{missing[:5]}...; received {len(seen)}, the last '
+                                     f'{seen[-5:]}')
             _, meta = self.get(timeout=remaining)
             if meta['id'] not in seen:
                 seen.append(meta['id'])
@@ -216,16 +229,32 @@ class Listener:
             self.sio.disconnect()
 
 
+def missing(what):
+    """Skip for want of a tool; in CI (CI set), where it must be installed, fail."""
+    if os.environ.get('CI'):
+        pytest.fail(what)
+    pytest.skip(what)
+
+
+@pytest.fixture(scope='session')
+def js_modules():
+    """tests/js/node_modules: the official socket.io client, installed with `npm ci`."""
+    directory = ROOT / 'tests' / 'js'
+    if not (directory / 'node_modules' / 'socket.io-client').exists():
+        if shutil.which('npm') is None:
+            missing('npm is needed to install the socket.io client (tests/js/package.json)')
+        subprocess.run(['npm', 'ci', '--no-audit', '--no-fund'], cwd=directory, check=True,
+                       capture_output=True, timeout=300)
+    return directory / 'node_modules'
+
+
 class RedisServer:
     """A real redis-server on a free port, in its own folder; it can be stopped and restarted."""
 
     def __init__(self, directory):
         self.binary = shutil.which('redis-server')
         if self.binary is None:
-            message = 'redis-server is not installed (apt-get install redis-server)'
-            if os.environ.get('CI'):
-                pytest.fail(message)
-            pytest.skip(message)
+            missing('redis-server is not installed (apt-get install redis-server)')
         self.directory = directory
         self.port = free_port()
         self.url = f'redis://127.0.0.1:{self.port}/0'

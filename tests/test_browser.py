@@ -1,14 +1,13 @@
 """In real Chromium: the console page, and a team's page served from another origin.
 
 Debian's /usr/bin/chromium driven by playwright (never a browser download); the official
-socket.io client comes from the npm registry through tests/browser/package.json and is
+socket.io client comes from the npm registry through tests/js/package.json and is
 served to the pages from a local origin, as a CDN would. Every test saves a screenshot
 in tests/artifacts/.
 """
 import base64
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -20,12 +19,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import ROOT, TOKEN, free_port, wait_for
+from conftest import ROOT, TOKEN, free_port, missing, wait_for
 from notification_socketio.config import DEFAULT_CLIENT_INTEGRITY
 
 CHROMIUM = '/usr/bin/chromium'
-BROWSER_DIR = ROOT / 'tests' / 'browser'
-CLIENT_JS = BROWSER_DIR / 'node_modules' / 'socket.io-client' / 'dist' / 'socket.io.min.js'
 ARTIFACTS = ROOT / 'tests' / 'artifacts'
 QUIET_CHROMIUM = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
                   '--disable-background-networking', '--disable-component-update',
@@ -33,27 +30,16 @@ QUIET_CHROMIUM = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first
 TIMEOUT_MS = 20_000
 
 
-def _missing(what):
-    if os.environ.get('CI'):
-        pytest.fail(what)
-    pytest.skip(what)
-
-
 @pytest.fixture(scope='session')
-def client_js():
-    """The socket.io client build from npm (installed here on first use with `npm ci`)."""
-    if not CLIENT_JS.exists():
-        if shutil.which('npm') is None:
-            _missing('npm is needed to install the socket.io client for the browser tests')
-        subprocess.run(['npm', 'ci', '--no-audit', '--no-fund'], cwd=BROWSER_DIR, check=True,
-                       capture_output=True, timeout=300)
-    return CLIENT_JS
+def client_js(js_modules):
+    """The socket.io client build from npm."""
+    return js_modules / 'socket.io-client' / 'dist' / 'socket.io.min.js'
 
 
 @pytest.fixture(scope='session')
 def browser():
     if not Path(CHROMIUM).exists():
-        _missing('Debian chromium is not installed (apt-get install chromium)')
+        missing('Debian chromium is not installed (apt-get install chromium)')
     from playwright.sync_api import sync_playwright
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=QUIET_CHROMIUM)
