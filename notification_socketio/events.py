@@ -58,7 +58,8 @@ def on_register(*args):
         return {'ok': False, 'error': 'the server cannot reach its state right now; '
                                       'register again in a moment'}
     except NotRegistered:
-        log.info('socket failed to claim connection %s of user %s',
+        # The client chose these strings: quoted, so that they cannot forge log lines.
+        log.info('socket failed to claim connection %r of user %r',
                  redact(connection_id), user_id[:64])
         return _failed('no valid registration for this userId and connectionId: the '
                        'backend registers it first (PUT /api/{userId}/register), and it '
