@@ -22,7 +22,7 @@ def install_drain(worker):
 
 
 def close_connections(eio):
-    """Drop every Engine.IO connection until the worker exits.
+    """Drop every Engine.IO connection, and idle HTTP keep-alives, until the worker exits.
 
     The transport is dropped without a Socket.IO disconnect or an Engine.IO close packet:
     after either the official clients stop for good, whereas after a lost transport they
@@ -30,8 +30,10 @@ def close_connections(eio):
     gunicorn stops accepting within a second; until then a connection may still arrive,
     so this repeats.
     """
+    from .worker import Handler
     log.info('SIGTERM: closing %d connections', len(eio.sockets))
     while True:
+        Handler.drain()
         for sid, socket in list(eio.sockets.items()):
             socket.close(wait=False, abort=True, reason=eio.reason.SERVER_DISCONNECT)
             eio.sockets.pop(sid, None)

@@ -5,6 +5,10 @@ drops it) and bypasses gunicorn's access log. This handler does what gunicorn's 
 handler does instead: one access line per request when `--access-logfile` asks for it,
 in `access_log_format` (no query string: it carries connectionIds); nothing otherwise.
 """
+import contextlib
+import socket
+import weakref
+
 from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
 from geventwebsocket.handler import WebSocketHandler
 from gunicorn.workers.ggevent import PyWSGIHandler
@@ -17,7 +21,38 @@ READ_BUFFER = 2048
 
 
 class Handler(WebSocketHandler, PyWSGIHandler):
-    """gevent-websocket's handler, logging like gunicorn's gevent handler."""
+    """gevent-websocket's handler, logging like gunicorn's gevent handler.
+
+    On SIGTERM (`drain`), keep-alive connections close after their current request and
+    idle ones at once: otherwise a backend's pooled connections would hold the worker
+    for the whole graceful timeout.
+    """
+
+    draining = False
+    _idle = weakref.WeakSet()   # handlers waiting for their connection's next request
+
+    @classmethod
+    def drain(cls):
+        """Stop keeping connections alive, and close those waiting for a request."""
+        cls.draining = True
+        for handler in list(cls._idle):
+            with contextlib.suppress(OSError, AttributeError):
+                handler.socket.shutdown(socket.SHUT_RDWR)
+
+    def read_requestline(self):
+        if self.draining:
+            return ''
+        self._idle.add(self)
+        try:
+            return super().read_requestline()
+        finally:
+            self._idle.discard(self)
+
+    def start_response(self, status, headers, exc_info=None):
+        if self.draining and not str(status).startswith('101'):
+            self.close_connection = True
+            headers = [*headers, ('Connection', 'close')]
+        return super().start_response(status, headers, exc_info)
 
     def __init__(self, sock, address, server, rfile=None):
         super().__init__(sock, address, server,

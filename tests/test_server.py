@@ -244,3 +244,14 @@ def test_sigterm_drops_connections_so_that_clients_reconnect(start_server, trans
         assert connects.get(timeout=20) == transport
     finally:
         client.disconnect()
+
+
+def test_sigterm_does_not_wait_for_idle_keep_alive_connections(start_server):
+    server = start_server()
+    backend = requests.Session()   # a backend's pool: its connection stays open, idle
+    assert backend.get(server.url + '/api/status/ping', timeout=10).text == 'pong'
+    server.process.send_signal(signal.SIGTERM)
+    # gunicorn would otherwise wait for it until graceful_timeout (15 s) and then kill.
+    assert server.process.wait(timeout=10) == 0
+    assert 'SIGTERM: closing' in server.log()
+    backend.close()
