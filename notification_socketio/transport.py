@@ -53,10 +53,39 @@ def frame(pkt):
     return pkt.ws_frame
 
 
+# What decoding a packet raises when a client sent something else (JSON nested too deep
+# included).
+_MALFORMED = (ValueError, TypeError, KeyError, IndexError, RecursionError)
+
+
+def malformed(eio_socket, error):
+    """A client sent bytes that are no Engine.IO or Socket.IO packet: one line, no traceback."""
+    log.warning('socket %s sent a malformed packet (%s: %.100s); dropping it',
+                eio_socket.sid[:4] + '***', type(error).__name__, error)
+
+
 def install(eio, max_buffer_bytes, on_overflow=None):
-    """Make every new Engine.IO socket of server `eio` a DirectSocket."""
+    """Make every new Engine.IO socket of server `eio` a DirectSocket.
+
+    A Socket.IO packet that cannot be decoded drops its socket with one log line, where
+    python-socketio would log a traceback per packet and keep the socket.
+    """
     eio.nsio_max_buffer = max_buffer_bytes
     eio.nsio_on_overflow = on_overflow
+    on_message = eio.handlers['message']
+
+    def message(sid, data):
+        try:
+            return on_message(sid, data)
+        except _MALFORMED as error:
+            socket = eio.sockets.get(sid)
+            if socket is not None:
+                malformed(socket, error)
+                socket.close(wait=False, abort=True,
+                             reason=eio.reason.TRANSPORT_ERROR)
+            return None
+
+    eio.on('message', message)
     on_connect = eio.handlers['connect']
 
     def connect(sid, environ):
@@ -92,6 +121,15 @@ class DirectSocket(eio_socket.Socket):
             return
         if self.check_ping_timeout():
             self._write(frame(pkt))
+
+    def handle_post_request(self, environ):
+        """A long-polling POST; a body that is no Engine.IO payload drops the socket."""
+        try:
+            return super().handle_post_request(environ)
+        except _MALFORMED as error:
+            malformed(self, error)
+            self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_ERROR)
+            raise exceptions.EngineIOError() from None   # python-engineio answers 400
 
     def poll(self):
         """Wait for packets to send on long-polling (python-engineio's), counting them out."""
@@ -161,7 +199,15 @@ class DirectSocket(eio_socket.Socket):
         if self.ping_timer is not None:
             self.ping_timer.close()
         if self.conn is None:
-            return super().close(wait=wait, abort=abort, reason=reason)
+            # python-engineio waits, unbounded, for the client to poll what was queued;
+            # a client that never polls again (one that only POSTs, say) would hold the
+            # caller forever. Wait a few seconds at most.
+            if self.closed or self.closing:
+                return None
+            super().close(wait=False, abort=abort, reason=reason)
+            if wait:
+                self.queue.join(timeout=min(5.0, self.server.ping_timeout))
+            return None
         if self.closed or self.closing:
             return
         self.closing = True
@@ -260,6 +306,9 @@ class DirectSocket(eio_socket.Socket):
                 break
             try:
                 self.receive(eio_packet.Packet(encoded_packet=p))
+            except _MALFORMED as error:   # not an Engine.IO packet
+                malformed(self, error)
+                break
             except exceptions.UnknownPacketError:
                 pass
             except exceptions.SocketIsClosedError:

@@ -1,4 +1,5 @@
 """Against the real server: slow consumers, churn, idle crowds, and process faults."""
+import contextlib
 import json
 import os
 import queue
@@ -53,10 +54,10 @@ class StalledWebSocket:
         self.ws.sock and self.ws.sock.close()
 
 
-class StalledPoll:
-    """A long-polling client that claims its registration, then never polls again."""
+class PollingSession:
+    """A raw long-polling Socket.IO session, connected to the default namespace."""
 
-    def __init__(self, server, user, connection_id):
+    def __init__(self, server):
         self.url = server.url + '/socket.io/'
         self.http = requests.Session()
         opened = self.http.get(self.url, params={'EIO': '4', 'transport': 'polling'},
@@ -64,11 +65,11 @@ class StalledPoll:
         self.sid = json.loads(opened[1:])['sid']
         self.post('40')
         assert self.poll().startswith('40')
-        self.post('420' + json.dumps(['register', user, connection_id]))
-        assert self.poll() == '430[{"ok":true}]'
 
-    def post(self, payload):
-        assert self.http.post(self.url, params=self.params(), data=payload, timeout=10).ok
+    def post(self, payload, check=True):
+        response = self.http.post(self.url, params=self.params(), data=payload, timeout=30)
+        assert response.ok or not check
+        return response
 
     def poll(self):
         return self.http.get(self.url, params=self.params(), timeout=10).text
@@ -78,6 +79,15 @@ class StalledPoll:
 
     def close(self):
         self.http.close()
+
+
+class StalledPoll(PollingSession):
+    """A long-polling client that claims its registration, then never polls again."""
+
+    def __init__(self, server, user, connection_id):
+        super().__init__(server)
+        self.post('420' + json.dumps(['register', user, connection_id]))
+        assert self.poll() == '430[{"ok":true}]'
 
 
 @pytest.mark.parametrize('stalled_client', [StalledWebSocket, StalledPoll],
@@ -257,3 +267,35 @@ def test_a_killed_worker_is_replaced_and_its_clients_recover(
     assert client.until_received([meanwhile]) in ([meanwhile], [first, meanwhile])
     after = server.pushed(user, 'after')
     assert client.until_received([after]) == [after]
+
+
+GARBAGE = ['4garbage', '42[', '42["register"', '9', '', '4' + '[' * 5000 + ']' * 5000,
+           '42{"a":1}', '45-["x"]', '451-["register",{"_placeholder":true,"num":0}]',
+           '40/nope,', '5', 'x' * 70_000, '\x1e\x1e', 'bAAAAAAAAAA',
+           '42' + json.dumps(['register', 'u', 'c', {'since': 'x' * 10_000}])]
+
+
+def test_malformed_packets_drop_their_socket_in_one_log_line(start_server, listeners):
+    server = start_server()
+    ws_url = server.url.replace('http://', 'ws://') + '/socket.io/?EIO=4&transport=websocket'
+    for garbage in GARBAGE:
+        ws = websocket.create_connection(ws_url, timeout=10)
+        assert ws.recv().startswith('0{')
+        ws.send('40')
+        assert ws.recv().startswith('40')
+        with contextlib.suppress(websocket.WebSocketException, OSError):
+            ws.send(garbage)
+        ws.close()
+
+        poll = PollingSession(server)
+        assert poll.post(garbage.encode(), check=False).status_code in (200, 400)
+        poll.close()
+
+    # Still serving, and said so without a traceback.
+    user = unique('user')
+    assert server.register(user, 'tab').status_code == 200
+    client = listeners(server.url).follow(user, 'tab')
+    message_id = server.pushed(user, 'fine')
+    assert client.until_received([message_id]) == [message_id]
+    assert 'sent a malformed packet' in server.log()
+    assert 'Traceback' not in server.log()
