@@ -32,7 +32,7 @@ class Config:
     socketio_client_integrity: str = DEFAULT_CLIENT_INTEGRITY
     ping_interval: float = 25.0
     ping_timeout: float = 20.0
-    max_sessions_per_user: int = 100
+    max_sessions_per_user: int = 10000
     max_register_failures: int = 5
     max_socket_buffer_bytes: int = 1048576
 
@@ -60,7 +60,7 @@ class Config:
             **_client_script(env),
             ping_interval=_float(env, 'PING_INTERVAL', 25.0),
             ping_timeout=_float(env, 'PING_TIMEOUT', 20.0),
-            max_sessions_per_user=_int(env, 'MAX_SESSIONS_PER_USER', 100, low=1),
+            max_sessions_per_user=_int(env, 'MAX_SESSIONS_PER_USER', 10000, low=1),
             max_register_failures=_int(env, 'MAX_REGISTER_FAILURES', 5, low=1),
             max_socket_buffer_bytes=_int(env, 'MAX_SOCKET_BUFFER_BYTES', 1048576,
                                          low=65536),

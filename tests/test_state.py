@@ -318,3 +318,12 @@ def test_a_user_keeps_at_most_max_sessions_registrations(backend):
     state.register('u', 'c4')
     assert state.claim('u', 'c4', 'sid-4')
     state.register('other', 'c0')   # the limit is per user
+
+
+def test_the_default_limit_lets_one_user_hold_thousands_of_sessions(backend):
+    # The benchmark's S2 (and the issue's harness): one user, 2,000 live WebSockets.
+    state, _ = backend(registration_ttl=30)
+    for n in range(2000):
+        state.register('many', f'c{n}')
+        state.claim('many', f'c{n}', f'sid-{n}')
+    assert state.sessions('many') == Sessions(online=2000, registered=2000)
