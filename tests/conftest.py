@@ -15,6 +15,7 @@ import engineio
 import pytest
 import requests
 import socketio
+from prometheus_client.parser import text_string_to_metric_families
 
 from notification_socketio import create_app
 from notification_socketio.config import Config
@@ -127,6 +128,18 @@ class ServerProcess:
         return requests.post(f'{self.url}/api/{user_id}/push', json={'message': message},
                              headers={'X-AUTH-TOKEN': TOKEN}, timeout=10)
 
+    def sessions(self, user_id):
+        """GET /api/{userId}/sessions; insist on 200 and return the body."""
+        response = requests.get(f'{self.url}/api/{user_id}/sessions',
+                                headers={'X-AUTH-TOKEN': TOKEN}, timeout=10)
+        assert response.status_code == 200, (response.status_code, response.text)
+        return response.json()
+
+    def metric(self, name, **labels):
+        """One sample of the server's /metrics (0.0 when absent)."""
+        samples = scrape(lambda path: requests.get(self.url + path, timeout=10))
+        return sample_value(samples, name, **labels)
+
     def pushed_broadcast(self, message):
         """Broadcast, insist on 200, and return the message id."""
         response = requests.post(f'{self.url}/api/broadcast', json={'message': message},
@@ -191,9 +204,9 @@ class Listener:
 
         Duplicates are allowed (delivery is at least once) and not repeated in the result.
         """
-        seen = []
+        seen, seen_ids, wanted = [], set(), set(message_ids)
         deadline = time.monotonic() + timeout
-        while not set(message_ids) <= set(seen):
+        while not wanted <= seen_ids:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 missing = [m for m in message_ids if m not in seen]
@@ -201,7 +214,8 @@ class Listener:
                                      f'{missing[:5]}...; received {len(seen)}, the last '
                                      f'{seen[-5:]}')
             _, meta = self.get(timeout=remaining)
-            if meta['id'] not in seen:
+            if meta['id'] not in seen_ids:
+                seen_ids.add(meta['id'])
                 seen.append(meta['id'])
         return seen
 
@@ -227,6 +241,21 @@ class Listener:
         """Disconnect, ignoring a connection that is already gone."""
         with contextlib.suppress(Exception):
             self.sio.disconnect()
+
+
+def scrape(get):
+    """{(name, labels): value} of every sample /metrics exposes; `get(path)` fetches it."""
+    response = get('/metrics')
+    assert response.status_code == 200
+    assert response.headers['Content-Type'].startswith('text/plain')
+    text = response.get_data(as_text=True) if hasattr(response, 'get_data') else response.text
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def sample_value(samples, name, **labels):
+    """One sample of what `scrape` returned (0.0 when absent)."""
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def missing(what):

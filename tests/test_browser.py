@@ -234,6 +234,4 @@ def test_an_origin_outside_cors_allowed_origins_is_refused(
     page.goto(f'{backend}/?user={user}&transport={transport}')
     page.wait_for_selector('#state[data-state="error"]')
     assert 'cannot connect' in page.text_content('#state')
-    sessions = requests.get(f'{server.url}/api/{user}/sessions',
-                            headers={'X-AUTH-TOKEN': TOKEN}, timeout=10).json()
-    assert sessions == {'userId': user, 'online': 0, 'registered': 1}
+    assert server.sessions(user) == {'userId': user, 'online': 0, 'registered': 1}

@@ -3,7 +3,6 @@ import contextlib
 import json
 import os
 import queue
-import re
 import shutil
 import signal
 import socket
@@ -23,17 +22,6 @@ BUFFER_LIMIT = 131_072       # MAX_SOCKET_BUFFER_BYTES of these servers (2 x MAX
 
 def unique(prefix):
     return f'{prefix}-{uuid.uuid4().hex[:10]}'
-
-
-def metric(server, name):
-    text = requests.get(server.url + '/metrics', timeout=10).text
-    found = re.search(rf'^{re.escape(name)} ([0-9.e+]+)$', text, re.MULTILINE)
-    return float(found.group(1)) if found else None
-
-
-def online(server, user):
-    return requests.get(f'{server.url}/api/{user}/sessions', headers={'X-AUTH-TOKEN': TOKEN},
-                        timeout=10).json()['online']
 
 
 class StalledWebSocket:
@@ -104,14 +92,15 @@ def test_a_client_that_stops_reading_is_dropped_and_slows_nobody(
     assert fast.register(fast_user, 'fast-c') == {'ok': True}
 
     pushed = []
-    while metric(server, 'nsio_slow_consumers_total') == 0:
+    while server.metric('nsio_slow_consumers_total') == 0:
         assert len(pushed) < 400, 'the stalled client was never dropped'
         pushed.append(server.pushed(slow_user, BIG))
         # Everyone else is served at once, message after message.
         fast_id = server.pushed(fast_user, len(pushed))
         message, meta = fast.get(timeout=5)
         assert (message, meta['id']) == (len(pushed), fast_id)
-    wait_for(lambda: online(server, slow_user) == 0, message='the stalled socket dropped')
+    wait_for(lambda: server.sessions(slow_user)['online'] == 0,
+             message='the stalled socket dropped')
     assert 'does not read' in server.log()
     stalled.close()
 
@@ -183,16 +172,16 @@ def test_churn_leaves_no_socket_room_or_registration_behind_and_memory_flat(
     crowd.go_on()
     assert crowd.next_line(timeout=900)['cycles'] == CYCLES
     after = server.rss_kib()
-    print(f'churn: {settled} KiB after {SETTLED_AFTER} cycles, {after} KiB after {CYCLES}')
-    assert after <= settled * 1.10, f'{settled} KiB after {SETTLED_AFTER} cycles, {after} KiB after {CYCLES}'
+    figures = f'{settled} KiB after {SETTLED_AFTER} cycles, {after} KiB after {CYCLES}'
+    print('churn:', figures)
+    assert after <= settled * 1.10, figures
 
     for gauge in ('nsio_sockets_connected', 'nsio_registrations_held', 'nsio_users_online',
                   'nsio_user_rooms'):
-        wait_for(lambda: metric(server, gauge) == 0, message=f'{gauge} back to 0')
+        wait_for(lambda: server.metric(gauge) == 0, message=f'{gauge} back to 0')
     # Once their TTL is over, none of the users keeps a registration.
-    wait_for(lambda: all(
-        requests.get(f'{server.url}/api/churn-{n}/sessions', headers={'X-AUTH-TOKEN': TOKEN},
-                     timeout=10).json()['registered'] == 0 for n in range(0, 1000, 97)),
+    wait_for(lambda: all(server.sessions(f'churn-{n}')['registered'] == 0
+                         for n in range(0, 1000, 97)),
         timeout=15, message='registrations expired')
 
 
@@ -201,7 +190,7 @@ def test_thousands_of_idle_connections_are_all_kept_over_many_ping_intervals(
     server = start_server(env=FAST_HEARTBEAT)   # a ping every second
     crowd = crowds(mode='idle', url=server.url, sessions=2000, holdSeconds=8)
     assert crowd.next_line(timeout=300) == {'opened': 2000}
-    assert metric(server, 'nsio_registrations_held') == 2000
+    assert server.metric('nsio_registrations_held') == 2000
     assert crowd.next_line(timeout=60) == {'connected': 2000, 'disconnects': 0}
 
 

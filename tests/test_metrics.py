@@ -1,23 +1,10 @@
 """/metrics in Prometheus text format, and the JSON log format."""
 import json
 
-from prometheus_client.parser import text_string_to_metric_families
-
-from conftest import auth
+from conftest import auth, sample_value, scrape
 
 
-def scrape(get):
-    """{(name, labels): value} of every sample /metrics exposes."""
-    response = get('/metrics')
-    assert response.status_code == 200
-    assert response.headers['Content-Type'].startswith('text/plain')
-    text = response.get_data(as_text=True) if hasattr(response, 'get_data') else response.text
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
-
-
-def value(samples, name, **labels):
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+value = sample_value
 
 
 def test_pushes_are_counted_by_route_and_outcome(rest):

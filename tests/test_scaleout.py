@@ -65,18 +65,18 @@ def test_presence_and_revocation_work_across_processes(cluster, listeners, user)
         assert a.register(user, connection_id).status_code == 200
     on_a = listeners(a.url, 'polling').follow(user, 'tab-a')
     on_b = listeners(b.url, 'websocket').follow(user, 'tab-b')
-    assert sessions(c, user) == {'userId': user, 'online': 2, 'registered': 2}
+    assert c.sessions(user) == {'userId': user, 'online': 2, 'registered': 2}
 
     assert revoke(a, user, 'tab-b').status_code == 200
     wait_for(lambda: not on_b.sio.connected, message='the revoked socket on b to go')
     assert on_a.sio.connected
-    assert sessions(c, user) == {'userId': user, 'online': 1, 'registered': 1}
+    assert c.sessions(user) == {'userId': user, 'online': 1, 'registered': 1}
     intruder = listeners(c.url).connect()
     assert intruder.register(user, 'tab-b')['ok'] is False
 
     assert revoke(b, user).status_code == 200
     wait_for(lambda: not on_a.sio.connected, message='every socket of the user to go')
-    assert sessions(a, user) == {'userId': user, 'online': 0, 'registered': 0}
+    assert a.sessions(user) == {'userId': user, 'online': 0, 'registered': 0}
 
 
 def test_a_broadcast_reaches_every_process_and_is_recovered(
@@ -97,13 +97,6 @@ def test_a_broadcast_reaches_every_process_and_is_recovered(
     proxy.restore()
     assert mine.next_ack() == {'ok': True}
     assert [i for i in mine.until_received(missed) if i != first] == missed
-
-
-def sessions(server, user_id):
-    response = requests.get(f'{server.url}/api/{user_id}/sessions',
-                            headers={'X-AUTH-TOKEN': TOKEN}, timeout=10)
-    assert response.status_code == 200
-    return response.json()
 
 
 def revoke(server, user_id, connection_id=None):
