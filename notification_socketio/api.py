@@ -1,6 +1,5 @@
 """The REST API the backend calls: register a connection, push a message, status."""
 import functools
-import hmac
 import logging
 
 from flask import Blueprint, current_app, jsonify, request
@@ -10,7 +9,8 @@ from werkzeug.routing import PathConverter
 from . import __version__
 from .delivery import redact
 from .state import StateUnavailable, TooManySessions
-from .validation import InvalidInput, check_id, parse_json
+from .validation import (NO_MESSAGE, InvalidInput, check_id, message_of, parse_json,
+                         token_matches)
 
 bp = Blueprint('api', __name__, url_prefix='/api')
 log = logging.getLogger(__name__)
@@ -34,12 +34,8 @@ def require_token(view):
     """Answer 401 unless X-AUTH-TOKEN is one of the configured tokens."""
     @functools.wraps(view)
     def wrapped(*args, **kwargs):
-        given = request.headers.get('X-AUTH-TOKEN', '').encode()
-        matched = False
-        for token in _server().config.auth_tokens:
-            # Compare with every token, always: the time taken tells nothing.
-            matched |= hmac.compare_digest(given, token.encode())
-        if not matched:
+        if not token_matches(request.headers.get('X-AUTH-TOKEN', ''),
+                             _server().config.auth_tokens):
             return error_response(401, 'missing or wrong X-AUTH-TOKEN header')
         return view(*args, **kwargs)
     return wrapped
@@ -88,7 +84,7 @@ def push_many():
     if not isinstance(user_ids, list) or not user_ids:
         raise InvalidInput('"users" must be a non-empty list of userIds')
     user_ids = list(dict.fromkeys(check_id(user_id, 'each userId') for user_id in user_ids))
-    entries = _server().delivery.push(user_ids, _message_of(payload))
+    entries = _server().delivery.push(user_ids, message_of(payload))
     return {'ids': {user_id: entry.message_id for user_id, entry in zip(user_ids, entries)}}
 
 
@@ -136,31 +132,21 @@ def _read_message():
             return request.form['message']
         # `curl -d '{"message": ...}'` sends JSON labelled as a form.
         try:
-            return _message_of(parse_json(body))
+            return message_of(parse_json(body))
         except InvalidInput:
-            raise InvalidInput(_NO_MESSAGE) from None
-    return _message_of(_read_json_body())
+            raise InvalidInput(NO_MESSAGE) from None
+    return message_of(_read_json_body())
 
 
 def _read_json_body():
     """The body as a JSON object, whatever its content type says."""
     body = request.get_data()
     if not body:
-        raise InvalidInput(_NO_MESSAGE)
+        raise InvalidInput(NO_MESSAGE)
     payload = parse_json(body)
     if not isinstance(payload, dict):
-        raise InvalidInput(_NO_MESSAGE)
+        raise InvalidInput(NO_MESSAGE)
     return payload
-
-
-def _message_of(payload):
-    if not isinstance(payload, dict) or payload.get('message') is None:
-        raise InvalidInput(_NO_MESSAGE)
-    return payload['message']
-
-
-_NO_MESSAGE = ('the body must be JSON with a "message" field, like {"message": ...}, '
-               'or form-encoded message=...')
 
 
 def error_response(status, message):

@@ -9,14 +9,14 @@ userId without a slash, a valid token, a JSON body of a known length that holds 
 (another content type, a bad token, a bad body, the state unavailable), is handed to
 Flask untouched, which answers it, errors included, as before.
 """
-import hmac
 import io
 import logging
 import time
 
 from . import jsoncodec
+from .metrics import PUSH_ROUTES
 from .state import StateUnavailable
-from .validation import MAX_ID_LENGTH
+from .validation import InvalidInput, check_id, message_of, parse_json, token_matches
 
 log = logging.getLogger(__name__)
 _PREFIX, _SUFFIX = '/api/', '/push'
@@ -29,10 +29,12 @@ class FastPush:
     def __init__(self, app, server):
         self.app = app
         self.server = server
-        self.tokens = [token.encode() for token in server.config.auth_tokens]
+        self.tokens = server.config.auth_tokens
         self.max_bytes = server.config.max_message_bytes
-        self.pushed = server.metrics.pushes.labels('push', 'ok')
-        self.latency = server.metrics.push_latency.labels('push')
+        route = PUSH_ROUTES['api.push']
+        self.pushed = server.metrics.pushes.labels(route, 'ok')
+        self.failed = server.metrics.pushes.labels(route, 'error')
+        self.latency = server.metrics.push_latency.labels(route)
 
     def __call__(self, environ, start_response):
         if environ.get('REQUEST_METHOD') == 'POST':
@@ -51,22 +53,22 @@ class FastPush:
             body = self._push(environ, user_id)
         except Exception:
             log.exception('unexpected error on POST %s', environ.get('PATH_INFO'))
-            self.server.metrics.pushes.labels('push', 'error').inc()
+            self.failed.inc()
             return '500 INTERNAL SERVER ERROR', b'{"error":"internal error"}\n'
         return None if body is None else ('200 OK', body)
 
     def _push(self, environ, user_id):
         """The answer's body, or None to let Flask handle the request."""
         started = time.perf_counter()
-        if not 0 < len(user_id) <= MAX_ID_LENGTH or '/' in user_id:
-            return None
-        if environ.get('CONTENT_TYPE', '').split(';', 1)[0].strip().lower() != \
-                'application/json' or not self._authorised(environ):
+        content_type = environ.get('CONTENT_TYPE', '').split(';', 1)[0].strip().lower()
+        if '/' in user_id or content_type != 'application/json' or not token_matches(
+                environ.get('HTTP_X_AUTH_TOKEN', ''), self.tokens):
             return None
         try:
             length = int(environ.get('CONTENT_LENGTH') or 0)
-            user_id = user_id.encode('latin-1').decode('utf-8')   # as werkzeug decodes it
-        except ValueError:
+            user_id = check_id(user_id.encode('latin-1').decode('utf-8'),   # as werkzeug does
+                               'userId')
+        except ValueError:   # InvalidInput included
             return None
         if not 0 < length <= self.max_bytes:
             return None
@@ -74,22 +76,13 @@ class FastPush:
         environ['wsgi.input'] = io.BytesIO(body)   # for Flask, if it answers after all
         environ['CONTENT_LENGTH'] = str(len(body))
         try:
-            payload = jsoncodec.loads(body)
-        except (ValueError, RecursionError):
-            return None
-        if not isinstance(payload, dict) or payload.get('message') is None:
+            message = message_of(parse_json(body))
+        except InvalidInput:
             return None
         try:
-            [entry] = self.server.delivery.push([user_id], payload['message'])
+            [entry] = self.server.delivery.push([user_id], message)
         except StateUnavailable:
             return None   # nothing was done: Flask tries once more and answers 503
         self.pushed.inc()
         self.latency.observe(time.perf_counter() - started)
         return ('{"id":%s}\n' % jsoncodec.dumps(entry.message_id)).encode()
-
-    def _authorised(self, environ):
-        given = environ.get('HTTP_X_AUTH_TOKEN', '').encode('latin-1')
-        matched = False
-        for token in self.tokens:
-            matched |= hmac.compare_digest(given, token)   # every token, always
-        return matched

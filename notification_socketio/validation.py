@@ -1,4 +1,7 @@
-"""Checks shared by the REST API and the Socket.IO events."""
+"""Checks shared by the REST API (Flask's routes and the fast push path) and the Socket.IO
+events."""
+import hmac
+
 from . import jsoncodec
 
 MAX_ID_LENGTH = 256
@@ -25,3 +28,26 @@ def parse_json(body):
         return jsoncodec.loads(body)
     except (ValueError, RecursionError):
         raise InvalidInput('the body is not valid JSON') from None
+
+
+NO_MESSAGE = ('the body must be JSON with a "message" field, like {"message": ...}, '
+              'or form-encoded message=...')
+
+
+def message_of(payload):
+    """The `message` of a decoded JSON body, or InvalidInput."""
+    if not isinstance(payload, dict) or payload.get('message') is None:
+        raise InvalidInput(NO_MESSAGE)
+    return payload['message']
+
+
+def token_matches(given, tokens):
+    """True if the X-AUTH-TOKEN value `given` is one of `tokens`.
+
+    Compared with every token, always: the time taken tells nothing.
+    """
+    given = given.encode()
+    matched = False
+    for token in tokens:
+        matched |= hmac.compare_digest(given, token.encode())
+    return matched
