@@ -67,8 +67,9 @@ class Handler(WebSocketHandler, PyWSGIHandler):
         origin = self.environ.get('HTTP_ORIGIN')
         server = getattr(self.application, 'extensions', {}).get('notification_socketio')
         if origin and server is not None:
-            allowed = server.config.cors_allowed_origins
-            if allowed != '*' and origin.rstrip('/') not in allowed:
+            # python-engineio's own rule, which would refuse it after the handshake.
+            allowed = server.socketio.server.eio._cors_allowed_origins(self.environ)
+            if allowed is not None and origin not in allowed:
                 return None
         return super().upgrade_websocket()
 
@@ -78,6 +79,9 @@ class Handler(WebSocketHandler, PyWSGIHandler):
 
 
 class Worker(GeventWebSocketWorker):
-    """gunicorn's gevent worker with WebSocket support (`-k notification_socketio.worker.Worker`)."""
+    """gunicorn's gevent worker with WebSocket support.
+
+    `-k notification_socketio.worker.Worker`; gunicorn.conf.py sets it.
+    """
 
     wsgi_handler = Handler
