@@ -11,9 +11,6 @@ sent before it, so when it arrives the client has them all (heartbeat.py). That 
 stored with the registration; the next socket to claim it gets everything after it.
 """
 import logging
-import time
-
-import gevent
 
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
@@ -203,26 +200,11 @@ class Delivery:
             log.info('replayed %d messages to connection %s of user %s', len(backlog),
                      redact(socket.connection_id), socket.user_id)
 
-    def _paced(self, eio_socket):
-        """Let the client read a long replay before more of it is sent.
-
-        Past half of MAX_SOCKET_BUFFER_BYTES waiting for it, wait until it took most of
-        it, so that a replay of a big history never counts as a slow consumer. False if
-        the client read nothing for a whole heartbeat (it is then dropped) or left.
-        """
-        if eio_socket is None or not hasattr(eio_socket, 'waiting_bytes'):
-            return True
-        limit = self.server.eio.nsio_max_buffer
-        if eio_socket.waiting_bytes() <= limit // 2:
-            return True
-        deadline = time.monotonic() + self.server.eio.ping_interval + self.server.eio.ping_timeout
-        while eio_socket.waiting_bytes() > limit // 4:
-            if eio_socket.closed or time.monotonic() > deadline:
-                if not eio_socket.closed:
-                    eio_socket.overflow()
-                return False
-            gevent.sleep(0.01)
-        return True
+    @staticmethod
+    def _paced(eio_socket):
+        """Let the client read a long replay (transport.py); False if its socket is gone."""
+        wait_until_read = getattr(eio_socket, 'wait_until_read', None)
+        return wait_until_read is None or wait_until_read()
 
     def _watch(self, sid):
         """Confirm what the socket received each time it answers a heartbeat."""

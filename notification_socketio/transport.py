@@ -17,11 +17,10 @@ past MAX_SOCKET_BUFFER_BYTES waiting for it (behind the flusher on WebSocket, in
 queue on long-polling), its transport is dropped. The official client then reconnects,
 and its registration replays what it missed from the history.
 """
+import logging
 import socket as _socket
 import struct
 import time
-
-import logging
 
 import gevent
 from engineio import exceptions
@@ -62,6 +61,11 @@ def malformed(eio_socket, error):
     """A client sent bytes that are no Engine.IO or Socket.IO packet: one line, no traceback."""
     log.warning('socket %s sent a malformed packet (%s: %.100s); dropping it',
                 eio_socket.sid[:4] + '***', type(error).__name__, error)
+
+
+def _size(pkt):
+    """What a packet weighs in a long-polling queue (its encoding is cached on it)."""
+    return len(pkt.encode()) if pkt.data is not None else 1
 
 
 def install(eio, max_buffer_bytes, on_overflow=None):
@@ -115,9 +119,9 @@ class DirectSocket(eio_socket.Socket):
         if self.conn is None:
             super().send(pkt)
             if not self.closed:
-                self.queued_bytes += len(pkt.encode()) if pkt.data is not None else 1
+                self.queued_bytes += _size(pkt)
                 if self.queued_bytes > self.server.nsio_max_buffer:
-                    self._overflow(self.queued_bytes)
+                    self.overflow()
             return
         if self.check_ping_timeout():
             self._write(frame(pkt))
@@ -134,26 +138,41 @@ class DirectSocket(eio_socket.Socket):
     def poll(self):
         """Wait for packets to send on long-polling (python-engineio's), counting them out."""
         packets = super().poll()
-        for pkt in packets:
-            self.queued_bytes -= len(pkt.encode()) if pkt.data is not None else 1
-        self.queued_bytes = max(self.queued_bytes, 0)
+        self.queued_bytes = max(self.queued_bytes - sum(map(_size, packets)), 0)
         return packets
 
     def waiting_bytes(self):
         """What was sent and waits for the client (not counting the kernel's buffer)."""
         return self.queued_bytes if self.conn is None else self.backlog_bytes
 
-    def overflow(self):
-        """Drop the transport of a client that does not read."""
-        if not self.overflowed:
-            self._overflow(self.waiting_bytes())
+    def wait_until_read(self):
+        """Pause a long replay while the client reads it; False if the socket is gone.
 
-    def _overflow(self, size):
+        Past half of MAX_SOCKET_BUFFER_BYTES waiting, wait until the client took most of
+        it, so that catching up on a big history never counts as a slow consumer. A
+        client that reads nothing for a whole heartbeat is dropped.
+        """
+        limit = self.server.nsio_max_buffer
+        if self.waiting_bytes() <= limit // 2:
+            return True
+        deadline = time.monotonic() + self.server.ping_interval + self.server.ping_timeout
+        while self.waiting_bytes() > limit // 4:
+            if self.closed:
+                return False
+            if time.monotonic() > deadline:
+                self.overflow()
+                return False
+            gevent.sleep(0.01)
+        return True
+
+    def overflow(self):
         """The client does not read: drop its transport, from a greenlet of its own."""
+        if self.overflowed:
+            return
         self.overflowed = True
         log.warning('socket %s dropped: %d bytes waiting for a client that does not read '
                     '(MAX_SOCKET_BUFFER_BYTES); it recovers from the history on its return',
-                    self.sid[:4] + '***', size)
+                    self.sid[:4] + '***', self.waiting_bytes())
         if self.server.nsio_on_overflow is not None:
             self.server.nsio_on_overflow()
         gevent.spawn(self.close, wait=False, abort=True,
@@ -163,8 +182,8 @@ class DirectSocket(eio_socket.Socket):
         if self.backlog is not None:
             self.backlog.append(data)
             self.backlog_bytes += len(data)
-            if self.backlog_bytes > self.server.nsio_max_buffer and not self.overflowed:
-                self._overflow(self.backlog_bytes)
+            if self.backlog_bytes > self.server.nsio_max_buffer:
+                self.overflow()
             return
         try:
             sent = self.conn.send(data, 0, 0.0)   # timeout 0: one attempt, never waits
@@ -288,9 +307,7 @@ class DirectSocket(eio_socket.Socket):
         # What was queued goes first, then everything is written directly (no switch
         # happens between the two, so nothing can slip in between).
         self.conn = conn
-        closed = self._drain_queue()
-        if closed and not self.closed:
-            self.closed = True
+        self._drain_queue()
         if self.closed:
             self.shut = True
             self._write(_CLOSE_FRAME)
@@ -321,14 +338,17 @@ class DirectSocket(eio_socket.Socket):
         return []
 
     def _drain_queue(self):
-        """Write the packets queued before the switch to direct writes; True if closed."""
+        """Write the packets queued before the switch to direct writes.
+
+        It stops at the None that close() queues: the socket is closed then.
+        """
         empty = self.server.get_queue_empty_exception()
         while True:
             try:
                 pkt = self.queue.get(block=False)
             except empty:
-                return False
+                return
             self.queue.task_done()
             if pkt is None:
-                return True
+                return
             self._write(frame(pkt))
