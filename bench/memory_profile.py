@@ -16,12 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import requests
 
 BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
-from run import TOKEN, free_port  # noqa: E402
+from run import TOKEN, Server  # noqa: E402
 
 HOOKS = '''
 from notification_socketio.gunicorn_conf import *  # noqa
@@ -57,19 +55,10 @@ def main():
     marker, report = work / 'base', work / 'report'
     config = work / 'gunicorn_profile.conf.py'
     config.write_text(HOOKS % {'marker': str(marker), 'report': str(report)})
-    port = free_port()
-    env = {**os.environ, 'AUTH_TOKEN': TOKEN}
-    server = subprocess.Popen([sys.executable, '-m', 'gunicorn', '-c', str(config), '--bind',
-                               f'127.0.0.1:{port}', 'wsgi:app'], cwd=ROOT, env=env)
-    url = f'http://127.0.0.1:{port}'
+    server = Server('ours', args=['-c', str(config)])
+    url = server.url
     try:
-        while True:
-            try:
-                if requests.get(url + '/api/status/ping', timeout=1).ok:
-                    break
-            except requests.RequestException:
-                time.sleep(0.1)
-        worker = int(Path(f'/proc/{server.pid}/task/{server.pid}/children').read_text().split()[0])
+        worker = server.serving_pid()
         os.kill(worker, signal.SIGUSR2)
         while not marker.exists():
             time.sleep(0.1)
@@ -89,8 +78,7 @@ def main():
         load.stdin.close()
         load.wait()
     finally:
-        server.terminate()
-        server.wait()
+        server.stop()
 
 
 if __name__ == '__main__':

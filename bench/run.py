@@ -50,16 +50,19 @@ def free_port():
 
 
 class Server:
-    """One server process, pinned to its core, started fresh for one scenario."""
+    """One server process, pinned to its core, started fresh for one scenario.
 
-    def __init__(self, kind):
+    `env` and gunicorn `args` are added for our server (memory_profile.py, soak.py).
+    """
+
+    def __init__(self, kind, env=None, args=()):
         self.kind = kind
         self.port = free_port()
         self.url = f'http://127.0.0.1:{self.port}'
-        env = {**os.environ, 'AUTH_TOKEN': TOKEN, 'PORT': str(self.port)}
+        env = {**os.environ, 'AUTH_TOKEN': TOKEN, 'PORT': str(self.port), **(env or {})}
         if kind == 'ours':
-            command = [sys.executable, '-m', 'gunicorn', '--bind', f'127.0.0.1:{self.port}',
-                       'wsgi:app']
+            command = [sys.executable, '-m', 'gunicorn', *args, '--bind',
+                       f'127.0.0.1:{self.port}', 'wsgi:app']
         else:
             command = ['node', str(BENCH / 'peer' / 'server.js')]
         self.process = subprocess.Popen(['taskset', '-c', SERVER_CORE, *command], cwd=ROOT,

@@ -10,28 +10,18 @@ seconds and prints how many stayed. Needs `npm ci` in tests/js.
 """
 import argparse
 import json
-import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
-import requests
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
-from run import TOKEN, free_port  # noqa: E402
+from run import TOKEN, Server  # noqa: E402
 
 CROWD = ROOT / 'tests' / 'js' / 'crowd.js'
-
-
-def rss_kib(pid):
-    for line in Path(f'/proc/{pid}/status').read_text().splitlines():
-        if line.startswith('VmRSS:'):
-            return int(line.split()[1])
-    raise RuntimeError('no VmRSS')
 
 
 def crowd(url, **options):
@@ -46,25 +36,13 @@ def main():
     parser.add_argument('--sessions', type=int, default=5000)
     parser.add_argument('--hold', type=float, default=300)
     args = parser.parse_args()
-    port = free_port()
-    env = {**os.environ, 'AUTH_TOKEN': TOKEN, 'PORT': str(port), 'PING_INTERVAL': '1',
-           'PING_TIMEOUT': '1', 'REGISTRATION_TTL': '1', 'HISTORY_TTL': '1'}
-    server = subprocess.Popen([sys.executable, '-m', 'gunicorn', '--bind',
-                               f'127.0.0.1:{port}', 'wsgi:app'], cwd=ROOT, env=env,
-                              stderr=subprocess.DEVNULL)
-    url = f'http://127.0.0.1:{port}'
+    server = Server('ours', env={'PING_INTERVAL': '1', 'PING_TIMEOUT': '1',
+                                 'REGISTRATION_TTL': '1', 'HISTORY_TTL': '1'})
+    url, rss_kib = server.url, server.rss_kib
     try:
-        while True:
-            try:
-                if requests.get(url + '/api/status/ping', timeout=1).ok:
-                    break
-            except requests.RequestException:
-                time.sleep(0.1)
-        worker = int(Path(f'/proc/{server.pid}/task/{server.pid}/children').read_text()
-                     .split()[0])
         churn = crowd(url, mode='churn', cycles=args.cycles, checkpoint=2000, concurrency=20)
         print(churn.stdout.readline().strip())
-        settled = rss_kib(worker)
+        settled = rss_kib()
         print(f'settled after 2,000 cycles: {settled} KiB')
         churn.stdin.write('go\n')
         churn.stdin.flush()
@@ -73,21 +51,20 @@ def main():
                          daemon=True).start()
         peak = settled
         while not done.wait(timeout=10):
-            now = rss_kib(worker)
+            now = rss_kib()
             peak = max(peak, now)
             print(f'  {now} KiB ({now / settled:.1%} of settled)', flush=True)
-        final = rss_kib(worker)
+        final = rss_kib()
         print(f'churn: settled {settled} KiB, peak {peak} KiB ({peak / settled:.1%}), '
               f'end {final} KiB ({final / settled:.1%})')
 
         idle = crowd(url, mode='idle', sessions=args.sessions, holdSeconds=args.hold)
         print(idle.stdout.readline().strip())
-        print(f'idle: {rss_kib(worker)} KiB with {args.sessions} sessions')
+        print(f'idle: {rss_kib()} KiB with {args.sessions} sessions')
         print(idle.stdout.readline().strip(), f'after {args.hold:.0f} s of 1 s pings')
         idle.wait()
     finally:
-        server.terminate()
-        server.wait()
+        server.stop()
 
 
 if __name__ == '__main__':
