@@ -38,29 +38,26 @@ class MemoryState(State):
         now = self._sweep()
         registration = self._registrations.get((user_id, connection_id))
         if registration is None:
-            self._make_room_for(user_id, now)
+            self._make_room_for(user_id)
             self._registrations[(user_id, connection_id)] = _Registration(
                 now + self.registration_ttl, self._format_last_id())
             self._by_user[user_id].add(connection_id)
         elif registration.holder is None:
             registration.expires_at = now + self.registration_ttl
 
-    def _make_room_for(self, user_id, now):
-        """Below MAX_SESSIONS_PER_USER, or replace the unheld registration expiring first."""
+    def _make_room_for(self, user_id):
+        """Below MAX_SESSIONS_PER_USER, or replace the unheld registration expiring first.
+
+        One that expired already and awaits the sweep goes first of all.
+        """
         connection_ids = self._by_user.get(user_id, ())
         if len(connection_ids) < self.max_sessions:
             return
-        unheld = []
-        for connection_id in list(connection_ids):
-            registration = self._registrations[(user_id, connection_id)]
-            if registration.holder is None:
-                if registration.expires_at <= now:
-                    del self._registrations[(user_id, connection_id)]
-                    self._forget(user_id, connection_id)
-                else:
-                    unheld.append((registration.expires_at, connection_id))
-        if len(self._by_user.get(user_id, ())) < self.max_sessions:
-            return
+        registrations = ((self._registrations[(user_id, connection_id)], connection_id)
+                         for connection_id in connection_ids)
+        unheld = [(registration.expires_at, connection_id)
+                  for registration, connection_id in registrations
+                  if registration.holder is None]
         if not unheld:
             raise TooManySessions()
         _, oldest = min(unheld)
