@@ -27,20 +27,21 @@ keepalive = 75
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms'
 errorlog = '-'
 loglevel = 'info'
-if _config.log_format == 'json':
-    # gunicorn's own lines as JSON objects too, like the server's (logs.py).
-    logconfig_dict = {
-        'version': 1,
-        'disable_existing_loggers': False,
-        'formatters': {'json': {'()': 'notification_socketio.logs.JsonFormatter'}},
-        'handlers': {'stderr': {'class': 'logging.StreamHandler', 'formatter': 'json',
-                                'stream': 'ext://sys.stderr'}},
-        'root': {'handlers': ['stderr'], 'level': 'WARNING'},
-        'loggers': {'gunicorn.error': {'handlers': ['stderr'], 'level': 'INFO',
-                                       'propagate': False},
-                    'gunicorn.access': {'handlers': ['stderr'], 'level': 'INFO',
-                                        'propagate': False}},
-    }
+# gunicorn's own lines in the server's format too (logs.py): JSON objects, or text lines
+# whose control characters are escaped (a request path can hold a newline).
+_formatter = 'JsonFormatter' if _config.log_format == 'json' else 'TextFormatter'
+logconfig_dict = {
+    'version': 1,
+    'disable_existing_loggers': False,
+    'formatters': {'server': {'()': f'notification_socketio.logs.{_formatter}'}},
+    'handlers': {'stderr': {'class': 'logging.StreamHandler', 'formatter': 'server',
+                            'stream': 'ext://sys.stderr'}},
+    'root': {'handlers': ['stderr'], 'level': 'WARNING'},
+    'loggers': {'gunicorn.error': {'handlers': ['stderr'], 'level': 'INFO',
+                                   'propagate': False},
+                'gunicorn.access': {'handlers': ['stderr'], 'level': 'INFO',
+                                    'propagate': False}},
+}
 # The control socket is shared by every gunicorn on the host (STACK.md); a push server needs none.
 control_socket_disable = True
 

@@ -4,6 +4,26 @@ import logging
 import sys
 
 PACKAGE_LOGGER = 'notification_socketio'
+# Control characters (C0, DEL, C1) and Unicode line breaks, as escapes: a userId holding a
+# newline must not start a line of its own.
+_ESCAPES = {code: f'\\x{code:02x}' for code in (*range(0x20), *range(0x7f, 0xa0))}
+_ESCAPES.update({ord('\n'): '\\n', ord('\r'): '\\r', ord('\t'): '\\t',
+                 0x2028: '\\u2028', 0x2029: '\\u2029'})
+
+
+class TextFormatter(logging.Formatter):
+    """`time LEVEL logger: message`, one line per event whatever the message holds.
+
+    Ids chosen by clients and backends reach messages as they are: their control
+    characters are escaped here, as JSON lines escape them. A traceback keeps its lines.
+    """
+
+    def __init__(self):
+        super().__init__('%(asctime)s %(levelname)s %(name)s: %(message)s')
+
+    def formatMessage(self, record):
+        record.message = record.message.translate(_ESCAPES)
+        return super().formatMessage(record)
 
 
 class JsonFormatter(logging.Formatter):
@@ -29,7 +49,6 @@ def configure_logging(config):
         logger.addHandler(handler)
         logger.propagate = False
     handler = next(h for h in logger.handlers if getattr(h, '_notification_socketio', False))
-    handler.setFormatter(JsonFormatter() if config.log_format == 'json' else
-                         logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
+    handler.setFormatter(JsonFormatter() if config.log_format == 'json' else TextFormatter())
     # gevent-websocket logs every request line, query string (connectionId) included.
     logging.getLogger('geventwebsocket.handler').setLevel(logging.WARNING)
