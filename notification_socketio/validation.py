@@ -26,6 +26,8 @@ def parse_json(body):
     """Decode a request body as strict JSON (no NaN or Infinity), or raise InvalidInput."""
     try:
         return jsoncodec.loads(body)
+    except jsoncodec.UnrepresentableNumber as error:
+        raise InvalidInput(str(error)) from None
     except (ValueError, RecursionError):
         raise InvalidInput('the body is not valid JSON') from None
 

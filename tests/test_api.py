@@ -97,6 +97,35 @@ def test_push_rejects_bad_bodies(rest, body, content_type, error):
         assert error in response.json['error']
 
 
+@pytest.mark.parametrize('number', [
+    b'1e400', b'-1e400', b'1e-400', b'1.00000000000000000001', b'9007199254740993.0',
+    b'123456789012345678901234567890.5',
+])
+@pytest.mark.parametrize('route', ['/api/u1/push', '/api/broadcast'])
+def test_push_refuses_numbers_that_would_not_arrive_as_sent(rest, route, number):
+    # 1e400 would reach the browser as null, 1e-400 as 0: a 400, never another value.
+    for content_type in ('application/json', 'text/plain'):   # fast path and Flask route
+        response = rest.post(route, data=b'{"message": {"n": [%s]}}' % number,
+                             headers={**auth(), 'Content-Type': content_type})
+        assert response.status_code == 400, (content_type, response.get_data())
+        assert 'number' in response.json['error']
+
+
+@pytest.mark.parametrize('number, value', [
+    (b'0.1', 0.1), (b'1e300', 1e300), (b'-2.5E-3', -0.0025), (b'5e-324', 5e-324),
+    (b'9007199254740993', 9007199254740993), (b'1.7976931348623157e308', 1.7976931348623157e308),
+])
+def test_push_keeps_numbers_that_arrive_as_sent(rest, socket_client, number, value):
+    rest.put('/api/u1/register?connectionId=c1', headers=auth())
+    client = socket_client()
+    client.emit('register', 'u1', 'c1', callback=True)
+    response = rest.post('/api/u1/push', data=b'{"message": %s}' % number,
+                         headers={**auth(), 'Content-Type': 'application/json'})
+    assert response.status_code == 200
+    [event] = client.get_received()
+    assert event['args'] == value and type(event['args']) is type(value)
+
+
 def test_push_rejects_a_body_over_the_limit(rest, app):
     limit = app.extensions['notification_socketio'].config.max_message_bytes
     response = rest.post('/api/u1/push', json={'message': 'x' * limit}, headers=auth())
