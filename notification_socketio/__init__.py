@@ -1,5 +1,6 @@
 """notification-socketio: push JSON messages to every open tab of a user, over Socket.IO."""
 import dataclasses
+import logging
 
 __version__ = '1.0.0'
 
@@ -23,11 +24,10 @@ def create_app(config=None):
     from flask import Flask
     from flask_socketio import SocketIO
 
-    from . import api, console, events, jsoncodec, metrics, openapi, transport
-    from .fastpush import FastPush
+    from . import api, console, errors, events, jsoncodec, metrics, openapi, transport
     from .config import Config
-    from .delivery import Delivery
-    from .fanout import RedisFanout
+    from .delivery import DeliveryManager
+    from .fastpush import FastPush
     from .logs import configure_logging
     from .state import create_state
 
@@ -35,24 +35,27 @@ def create_app(config=None):
     configure_logging(config)
     app = Flask(__name__)
     app.config['MAX_CONTENT_LENGTH'] = config.max_message_bytes
+    errors.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(console.bp)
 
     state = create_state(config)
-    socketio = SocketIO()
     server_metrics = metrics.Metrics()
-    delivery = Delivery(socketio, state, server_metrics)
+    if state.local:
+        manager = DeliveryManager(state, server_metrics)
+    else:
+        from .fanout import RedisDeliveryManager
+        manager = RedisDeliveryManager(state, server_metrics, config.redis_url)
+    # Bare, with every option in init_app: options given here would build a server that
+    # init_app replaces, and handlers attached to it would never run.
+    socketio = SocketIO()
     events.init_socketio(socketio)
-    options = {}
-    if config.redis_url:
-        options['client_manager'] = RedisFanout(
-            config.redis_url, channel=state.channel,
-            on_message=delivery.deliver, on_subscribed=delivery.resync)
     socketio.init_app(
         app,
         async_mode='gevent',
+        client_manager=manager,
         cors_allowed_origins=config.cors_allowed_origins,
         ping_interval=config.ping_interval,
         ping_timeout=config.ping_timeout,
@@ -62,14 +65,17 @@ def create_app(config=None):
         json=jsoncodec,
         # A client sends `register` and little else: 64 KiB is plenty for a payload.
         max_http_buffer_size=65536,
-        **options,
     )
     events.guard_event_names(socketio.server)
-    transport.install(socketio.server.eio, config.max_socket_buffer_bytes,
-                      on_overflow=server_metrics.slow_consumers.inc)
+    transport.install(socketio.server.eio, transport.Hooks(
+        config.max_socket_buffer_bytes, on_ping=manager.on_ping, on_pong=manager.on_pong,
+        on_overflow=server_metrics.slow_consumers.inc))
     server = app.extensions['notification_socketio'] = Server(
-        config=config, state=state, delivery=delivery, socketio=socketio,
+        config=config, state=state, delivery=manager, socketio=socketio,
         metrics=server_metrics)
     server_metrics.watch(server)
     app.wsgi_app = FastPush(app.wsgi_app, server)
+    logging.getLogger(__name__).info(
+        'fast paths on: %s', ', '.join([*transport.fast_paths(socketio.server.eio),
+                                        'fast push route', 'orjson']))
     return app

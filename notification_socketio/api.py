@@ -2,15 +2,15 @@
 import functools
 import logging
 
-from flask import Blueprint, current_app, jsonify, request
-from werkzeug.exceptions import HTTPException
+from flask import Blueprint, current_app, request
 from werkzeug.routing import PathConverter
 
 from . import __version__
 from .delivery import redact
-from .state import StateUnavailable, TooManySessions
-from .validation import (NO_MESSAGE, InvalidInput, check_id, message_of, parse_json,
-                         token_matches)
+from .errors import error_response
+from .state import EVERYONE
+from .validation import (IDEMPOTENCY_HEADER, NO_MESSAGE, InvalidInput, check_id,
+                         idempotency_of, message_of, parse_json, token_matches)
 
 bp = Blueprint('api', __name__, url_prefix='/api')
 log = logging.getLogger(__name__)
@@ -71,8 +71,8 @@ def register(user_id):
 def push(user_id):
     """Send `message` to every socket of the user; answer with its message id."""
     user_id = check_id(user_id, 'userId')
-    [entry] = _server().delivery.push([user_id], _read_message())
-    return {'id': entry.message_id}
+    appended = _push([user_id], _read_message())
+    return _answer({'id': appended.entries[0].message_id}, appended)
 
 
 @bp.post('/push')
@@ -84,16 +84,30 @@ def push_many():
     if not isinstance(user_ids, list) or not user_ids:
         raise InvalidInput('"users" must be a non-empty list of userIds')
     user_ids = list(dict.fromkeys(check_id(user_id, 'each userId') for user_id in user_ids))
-    entries = _server().delivery.push(user_ids, message_of(payload))
-    return {'ids': {user_id: entry.message_id for user_id, entry in zip(user_ids, entries)}}
+    appended = _push(user_ids, message_of(payload))
+    return _answer({'ids': {user_id: entry.message_id
+                            for user_id, entry in zip(user_ids, appended.entries)}},
+                   appended)
 
 
 @bp.post('/broadcast')
 @require_token
 def broadcast():
     """Send one message to every registered session, whoever its user."""
-    entry = _server().delivery.broadcast(_read_message())
-    return {'id': entry.message_id}
+    appended = _push([EVERYONE], _read_message())
+    return _answer({'id': appended.entries[0].message_id}, appended)
+
+
+def _push(targets, message):
+    """Push once per Idempotency-Key, if the request has one."""
+    idempotency = idempotency_of(request.headers.get(IDEMPOTENCY_HEADER), request.path,
+                                 request.get_data())
+    return _server().delivery.push(targets, message, idempotency)
+
+
+def _answer(body, appended):
+    """The push's answer; a repeated key answers what the first push did, and says so."""
+    return body, 200, {'Idempotent-Replayed': 'true'} if appended.repeated else {}
 
 
 @bp.get('/<user_id:user_id>/sessions')
@@ -147,52 +161,6 @@ def _read_json_body():
     if not isinstance(payload, dict):
         raise InvalidInput(NO_MESSAGE)
     return payload
-
-
-def error_response(status, message):
-    """The JSON error every failure answers with."""
-    return jsonify(error=message), status
-
-
-@bp.app_errorhandler(InvalidInput)
-def _invalid_input(error):
-    return error_response(400, str(error))
-
-
-@bp.app_errorhandler(TooManySessions)
-def _too_many_sessions(error):
-    limit = _server().config.max_sessions_per_user
-    return error_response(429, f'this user already has {limit} registrations, all held by '
-                               'live sockets (MAX_SESSIONS_PER_USER); revoke one first')
-
-
-@bp.app_errorhandler(StateUnavailable)
-def _state_unavailable(error):
-    log.warning('%s %s: %s', request.method, request.path, error)
-    return error_response(503, 'the server cannot reach its shared state (Redis) right now; '
-                               'nothing was done, retry')
-
-
-@bp.app_errorhandler(HTTPException)
-def _http_error(error):
-    body, status = error_response(error.code, _HTTP_ERRORS.get(error.code, error.name))
-    for name, value in error.get_headers():
-        if name.lower() != 'content-type':   # keep what the status needs, such as Allow
-            body.headers[name] = value
-    return body, status
-
-
-@bp.app_errorhandler(Exception)
-def _unexpected_error(error):
-    log.exception('unexpected error on %s %s', request.method, request.path)
-    return error_response(500, 'internal error')
-
-
-_HTTP_ERRORS = {
-    404: 'no such route',
-    405: 'method not allowed on this route',
-    413: 'the body is larger than MAX_MESSAGE_BYTES',
-}
 
 
 def _server():

@@ -3,8 +3,14 @@
     from notification_socketio.client import NotificationClient
     notifications = NotificationClient('http://localhost:3000', token=os.environ['NOTIFY_TOKEN'])
     notifications.push(user_id, {'title': 'Build finished'})
+
+Every push carries an Idempotency-Key (a new UUID, or the one you pass), so a push whose
+answer was lost (a timeout, a dropped connection, a 504 "outcome unknown") is retried
+safely: the server answers a repeat with the first push's ids and sends nothing twice.
+Pass your own key (a job id, say) to make a push idempotent across your own retries too.
 """
 import secrets
+import uuid
 from urllib.parse import quote
 
 import requests
@@ -29,14 +35,24 @@ class BadRequest(NotificationError):
 
 
 class Unavailable(NotificationError):
-    """503 after every retry, or no answer at all: nothing was done, try again later."""
+    """503, 504 or no answer, after every retry: try again later (with the same key).
+
+    `status` 503: nothing was done. 504 or None: the outcome is unknown; a push retried
+    with the same `idempotency_key` is made at most once.
+    """
+
+
+class Conflict(NotificationError):
+    """409: the idempotency key was used before for another push."""
 
 
 class NotificationClient:
     """Calls one notification-socketio server (or a load balancer in front of several).
 
-    Every call times out after `timeout` seconds. A 503 means that nothing was done, so it
-    is retried `retries` times with backoff; so is a connection that could not be opened.
+    Every call times out after `timeout` seconds, and is retried `retries` times with
+    backoff when it may not have happened: no connection, no answer, 503 (nothing was
+    done) or 504 (the outcome is unknown). Registrations, presence and revocations are
+    idempotent by nature, and pushes by their Idempotency-Key.
     """
 
     def __init__(self, url, token, timeout=5.0, retries=3, session=None):
@@ -44,8 +60,8 @@ class NotificationClient:
         self.timeout = timeout
         self.session = session or requests.Session()
         self.session.headers['X-AUTH-TOKEN'] = token
-        retry = Retry(total=retries, connect=retries, read=0, status=retries,
-                      backoff_factor=0.2, status_forcelist=[503], allowed_methods=None,
+        retry = Retry(total=retries, connect=retries, read=retries, status=retries,
+                      backoff_factor=0.2, status_forcelist=[503, 504], allowed_methods=None,
                       raise_on_status=False)
         adapter = HTTPAdapter(max_retries=retry)
         self.session.mount('http://', adapter)
@@ -61,18 +77,23 @@ class NotificationClient:
                    params={'connectionId': connection_id})
         return connection_id
 
-    def push(self, user_id, message):
+    def push(self, user_id, message, idempotency_key=None):
         """Send `message` (any JSON value but None) to the user; return its message id."""
-        return self._call('POST', f'/api/{_path(user_id)}/push', json={'message': message})['id']
+        return self._push(f'/api/{_path(user_id)}/push', {'message': message},
+                          idempotency_key)['id']
 
-    def push_many(self, user_ids, message):
+    def push_many(self, user_ids, message, idempotency_key=None):
         """Send one message to many users; return {userId: message id}."""
-        return self._call('POST', '/api/push',
-                          json={'users': list(user_ids), 'message': message})['ids']
+        return self._push('/api/push', {'users': list(user_ids), 'message': message},
+                          idempotency_key)['ids']
 
-    def broadcast(self, message):
+    def broadcast(self, message, idempotency_key=None):
         """Send one message to every registered session; return its message id."""
-        return self._call('POST', '/api/broadcast', json={'message': message})['id']
+        return self._push('/api/broadcast', {'message': message}, idempotency_key)['id']
+
+    def _push(self, path, body, idempotency_key):
+        key = idempotency_key or str(uuid.uuid4())
+        return self._call('POST', path, json=body, headers={'Idempotency-Key': key})
 
     def sessions(self, user_id):
         """The user's presence: {'userId': ..., 'online': n, 'registered': n}."""
@@ -98,8 +119,9 @@ class NotificationClient:
             reason = response.json()['error']
         except (ValueError, KeyError, TypeError):
             reason = response.text[:200] or response.reason
-        error_class = {401: Unauthorized, 400: BadRequest, 413: BadRequest,
-                       503: Unavailable}.get(response.status_code, NotificationError)
+        error_class = {401: Unauthorized, 400: BadRequest, 409: Conflict, 413: BadRequest,
+                       503: Unavailable, 504: Unavailable}.get(response.status_code,
+                                                               NotificationError)
         raise error_class(f'{method} {path}: {response.status_code} {reason}',
                           response.status_code)
 

@@ -9,7 +9,7 @@ class ConfigError(ValueError):
 
 
 #: The official build of the socket.io client that /console loads, and its SRI hash (the
-#: sha384 of the same file in the npm package; tests/test_console.py checks the two agree).
+#: sha384 of the same file in the npm package; tests/test_browser.py checks the two agree).
 DEFAULT_CLIENT_URL = 'https://cdn.socket.io/4.8.1/socket.io.min.js'
 DEFAULT_CLIENT_INTEGRITY = 'sha384-mkQ3/7FUtcGyoppY6bz/PORYoGqOl7/aSUMn2ymDOJcapfS6PHqxhRTMh1RR0Q6+'
 
@@ -25,6 +25,7 @@ class Config:
     registration_ttl: int = 86400
     history_size: int = 100
     history_ttl: int = 300
+    idempotency_ttl: int = 300
     max_message_bytes: int = 65536
     log_format: str = 'text'
     console: bool = True
@@ -54,6 +55,7 @@ class Config:
             registration_ttl=_int(env, 'REGISTRATION_TTL', 86400, low=1),
             history_size=_int(env, 'HISTORY_SIZE', 100, low=0),
             history_ttl=_int(env, 'HISTORY_TTL', 300, low=0),
+            idempotency_ttl=_int(env, 'IDEMPOTENCY_TTL', 300, low=1, high=86400 * 7),
             max_message_bytes=_int(env, 'MAX_MESSAGE_BYTES', 65536, low=64),
             log_format=_choice(env, 'LOG_FORMAT', 'text', ('text', 'json')),
             console=_choice(env, 'CONSOLE', '1', ('0', '1')) == '1',

@@ -15,7 +15,7 @@ from .validation import InvalidInput, check_id
 
 
 def init_socketio(socketio):
-    """Attach the event handlers; call before `socketio.init_app` (see STACK.md)."""
+    """Attach the event handlers; call before `socketio.init_app`, on a bare SocketIO()."""
     socketio.on_event('register', on_register, namespace=NAMESPACE)
     socketio.on_event('disconnect', on_disconnect, namespace=NAMESPACE)
     socketio.on_event('*', on_unknown_event, namespace=NAMESPACE)
@@ -87,9 +87,7 @@ def on_unknown_event(event, *_args):
 
 def on_disconnect(*_reason):
     """A socket went away: its registration stays valid for REGISTRATION_TTL."""
-    delivery = _delivery()
-    delivery.register_failures.pop(request.sid, None)
-    delivery.detach(request.sid)
+    _delivery().detach(request.sid)
 
 
 def _register_arguments(args):

@@ -1,62 +1,63 @@
-"""Fan-out across processes: Flask-SocketIO's Redis message queue, carrying our messages too.
+"""Fan-out across processes: python-socketio's Redis manager, listening on our channel too.
 
-The state's append script publishes each message on the queue's channel in the shape of a
-python-socketio emit, marked with DELIVERY_HOST; every process, the pushing one included,
-hands it to its Delivery, in the order Redis published them. Everything else on the
-channel (disconnecting a socket held on another process, say) is python-socketio's own.
+The state's append script publishes each message on its own channel (see
+`RedisState.messages_channel`) in the order of its ids; every process, the pushing one
+included, delivers it to its sockets. python-socketio's channel carries the rest
+(disconnecting a socket held on another process, say), handled by python-socketio.
+
+Both channels are read on one subscription, through `_listen`, the override point of
+python-socketio's pub/sub managers. Each time the subscription is (re)established, local
+sockets catch up with whatever was published while this process was not listening,
+before any newer message reaches them.
 """
 import logging
 import time
 
+import redis
 import socketio
 
-from .state import Entry
-from .state.redis import DELIVERY_HOST
+from .delivery import DeliveryManager
+from .state.redis import decode_published
 
 log = logging.getLogger(__name__)
 _MAX_RETRY_DELAY = 2.0
 
 
-class RedisFanout(socketio.RedisManager):
-    """python-socketio's RedisManager, routing our messages to `on_message`.
+class RedisDeliveryManager(DeliveryManager, socketio.RedisManager):
+    """DeliveryManager on python-socketio's RedisManager, one subscription for both."""
 
-    `on_subscribed` runs each time the subscription is (re)established, so that sockets
-    catch up with whatever was published while this process was not listening.
-    """
+    name = 'notification-socketio redis'
 
-    def __init__(self, url, channel, on_message=None, on_subscribed=None):
-        super().__init__(url, channel=channel,
+    def __init__(self, state, metrics, url):
+        super().__init__(state, metrics, url=url, channel=state.channel,
                          redis_options={'socket_connect_timeout': 5,
                                         'health_check_interval': 10})
-        self.on_message = on_message
-        self.on_subscribed = on_subscribed
+        self.messages_channel = state.messages_channel
 
-    def _handle_emit(self, message):
-        if message.get('host_id') != DELIVERY_HOST:
-            return super()._handle_emit(message)
-        data, meta = message['data']
-        self.on_message(message['user'], Entry(meta['id'], meta['ts'], data))
-
-    def _redis_listen_with_retries(self):
-        """Listen on the channel; after a failure retry quickly, not after up to a minute."""
+    def _listen(self):
+        """python-socketio's messages, yielded; ours, delivered. Retries quickly when lost."""
+        ours = self.messages_channel.encode()
         delay = 0.1
         while True:
+            pubsub = None
             try:
-                self._redis_connect()
-                self.pubsub.ignore_subscribe_messages = False
-                self.pubsub.subscribe(self.channel)
-                for message in self.pubsub.listen():
-                    if message['type'] == 'subscribe':
-                        # Redis now sends us everything published from here on.
+                pubsub = redis.Redis.from_url(self.redis_url, **self.redis_options).pubsub()
+                pubsub.subscribe(self.channel, self.messages_channel)
+                for message in pubsub.listen():
+                    if message['type'] == 'message':
+                        if message['channel'] == ours:
+                            self.deliver(*decode_published(message['data']))
+                        else:
+                            yield message['data']
+                    elif message['type'] == 'subscribe' and message['data'] == 2:
+                        # Both channels: Redis now sends everything published from here on.
                         delay = 0.1
                         log.info('listening on the message queue')
-                        if self.on_subscribed is not None:
-                            self.server.start_background_task(self.on_subscribed)
-                        continue
-                    yield message
-            except Exception as error:   # any failure of the connection: start again
-                if self.pubsub is not None:
-                    self.pubsub.close()
+                        self.resync()
+            except (redis.RedisError, OSError) as error:
                 log.warning('message queue lost (%s); retrying in %.1fs', error, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, _MAX_RETRY_DELAY)
+            finally:
+                if pubsub is not None:
+                    pubsub.close()
+            time.sleep(delay)
+            delay = min(delay * 2, _MAX_RETRY_DELAY)

@@ -5,22 +5,30 @@ request context, the decorators and the response object cost more than the push 
 (py-spy, bench S1). This WSGI middleware answers the plain successful case itself: a
 userId without a slash, a valid token, a JSON body of a known length that holds a
 `message`. It gives the same answer, status, headers and metrics as the Flask route
-(tests/test_api.py checks the two side by side). Any other request, and any doubt
-(another content type, a bad token, a bad body, the state unavailable), is handed to
-Flask untouched, which answers it, errors included, as before.
+(tests/test_api.py checks the two side by side), and answers what the state says of
+the push itself (503, 504, 409) as the route does: once a push was handed to the state,
+nothing pushes it again. Any other request, and any doubt before that (another content
+type, a bad token, a bad body or key), is handed to Flask untouched, which answers it.
 """
 import io
 import logging
 import time
 
-from . import jsoncodec
-from .metrics import PUSH_ROUTES
-from .state import StateUnavailable
-from .validation import InvalidInput, check_id, message_of, parse_json, token_matches
+from . import errors, jsoncodec
+from .metrics import PUSH_ROUTES, outcome_of
+from .state import IdempotencyConflict, OutcomeUnknown, StateUnavailable
+from .validation import (InvalidInput, check_id, idempotency_of, message_of, parse_json,
+                         token_matches)
 
 log = logging.getLogger(__name__)
 _PREFIX, _SUFFIX = '/api/', '/push'
 _HEADERS = [('Content-Type', 'application/json')]
+_REPLAYED = [*_HEADERS, ('Idempotent-Replayed', 'true')]
+_FAILURES = {
+    StateUnavailable: ('503 SERVICE UNAVAILABLE', errors.UNAVAILABLE),
+    OutcomeUnknown: ('504 GATEWAY TIMEOUT', errors.OUTCOME_UNKNOWN),
+    IdempotencyConflict: ('409 CONFLICT', errors.IDEMPOTENCY_CONFLICT),
+}
 
 
 class FastPush:
@@ -31,7 +39,8 @@ class FastPush:
         self.server = server
         self.tokens = server.config.auth_tokens
         self.max_bytes = server.config.max_message_bytes
-        route = PUSH_ROUTES['api.push']
+        self.metrics = server.metrics
+        self.route = route = PUSH_ROUTES['api.push']
         self.pushed = server.metrics.pushes.labels(route, 'ok')
         self.failed = server.metrics.pushes.labels(route, 'error')
         self.latency = server.metrics.push_latency.labels(route)
@@ -42,24 +51,35 @@ class FastPush:
             if path.startswith(_PREFIX) and path.endswith(_SUFFIX):
                 answer = self._answer(environ, path[len(_PREFIX):-len(_SUFFIX)])
                 if answer is not None:
-                    status, body = answer
-                    start_response(status, [*_HEADERS, ('Content-Length', str(len(body)))])
+                    status, headers, body = answer
+                    start_response(status, [*headers, ('Content-Length', str(len(body)))])
                     return [body]
         return self.app(environ, start_response)
 
     def _answer(self, environ, user_id):
-        """(status, body), or None to let Flask handle the request."""
+        """(status, headers, body), or None to let Flask handle the request."""
+        started = time.perf_counter()
         try:
-            body = self._push(environ, user_id)
+            request = self._read(environ, user_id)
+            if request is None:
+                return None
+            appended = self.server.delivery.push(*request)
+        except tuple(_FAILURES) as error:
+            status, message = _FAILURES[type(error)]
+            log.warning('POST %s: %s', environ.get('PATH_INFO'), error or type(error).__name__)
+            self.metrics.pushes.labels(self.route, outcome_of(int(status[:3]))).inc()
+            return status, _HEADERS, errors.error_body(message)
         except Exception:
             log.exception('unexpected error on POST %s', environ.get('PATH_INFO'))
             self.failed.inc()
-            return '500 INTERNAL SERVER ERROR', b'{"error":"internal error"}\n'
-        return None if body is None else ('200 OK', body)
+            return '500 INTERNAL SERVER ERROR', _HEADERS, errors.error_body('internal error')
+        self.pushed.inc()
+        self.latency.observe(time.perf_counter() - started)
+        body = ('{"id":%s}\n' % jsoncodec.dumps(appended.entries[0].message_id)).encode()
+        return '200 OK', _REPLAYED if appended.repeated else _HEADERS, body
 
-    def _push(self, environ, user_id):
-        """The answer's body, or None to let Flask handle the request."""
-        started = time.perf_counter()
+    def _read(self, environ, user_id):
+        """(targets, message, idempotency) of a plain push, or None to let Flask answer."""
         content_type = environ.get('CONTENT_TYPE', '').split(';', 1)[0].strip().lower()
         if '/' in user_id or content_type != 'application/json' or not token_matches(
                 environ.get('HTTP_X_AUTH_TOKEN', ''), self.tokens):
@@ -77,12 +97,8 @@ class FastPush:
         environ['CONTENT_LENGTH'] = str(len(body))
         try:
             message = message_of(parse_json(body))
+            idempotency = idempotency_of(environ.get('HTTP_IDEMPOTENCY_KEY'),
+                                         _PREFIX + user_id + _SUFFIX, body)
         except InvalidInput:
             return None
-        try:
-            [entry] = self.server.delivery.push([user_id], message)
-        except StateUnavailable:
-            return None   # nothing was done: Flask tries once more and answers 503
-        self.pushed.inc()
-        self.latency.observe(time.perf_counter() - started)
-        return ('{"id":%s}\n' % jsoncodec.dumps(entry.message_id)).encode()
+        return [user_id], message, idempotency

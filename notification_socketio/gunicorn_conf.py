@@ -42,7 +42,8 @@ logconfig_dict = {
                 'gunicorn.access': {'handlers': ['stderr'], 'level': 'INFO',
                                     'propagate': False}},
 }
-# The control socket is shared by every gunicorn on the host (STACK.md); a push server needs none.
+# gunicorn 27 shares one control socket among every gunicorn on the host, and stopping
+# one deletes it for the others; a push server needs none.
 control_socket_disable = True
 
 
@@ -60,4 +61,11 @@ def on_starting(server):
 def post_worker_init(worker):
     """On SIGTERM, close every Socket.IO connection so that the worker drains quickly."""
     from notification_socketio.shutdown import install_drain
+    from notification_socketio.worker import Handler
     install_drain(worker)
+    if worker.wsgi_handler is Handler:
+        worker.log.info('fast paths on: gunicorn handler without per-request log formatting')
+    else:
+        worker.log.warning('fast path OFF: the worker runs %s, not the server\'s handler '
+                           '(-k notification_socketio.worker.Worker)',
+                           worker.wsgi_handler.__name__)

@@ -12,8 +12,13 @@ disable_created_metrics()   # the *_created series only add noise here
 
 #: The REST endpoints that push, by the route label they get.
 PUSH_ROUTES = {'api.push': 'push', 'api.push_many': 'push_many', 'api.broadcast': 'broadcast'}
-_OUTCOMES = {200: 'ok', 400: 'invalid', 401: 'unauthorized', 413: 'too_large',
-             503: 'unavailable'}
+_OUTCOMES = {200: 'ok', 400: 'invalid', 401: 'unauthorized', 409: 'conflict',
+             413: 'too_large', 503: 'unavailable', 504: 'unknown'}
+
+
+def outcome_of(status):
+    """The `outcome` label of a push answered with HTTP `status`."""
+    return _OUTCOMES.get(status, 'error')
 
 
 class Metrics:
@@ -60,13 +65,18 @@ class _LiveValues:
         delivery = self.server.delivery
         sockets = GaugeMetricFamily('nsio_sockets_connected',
                                     'Engine.IO connections open on this process')
-        sockets.add_metric([], len(self.server.socketio.server.eio.sockets))
+        eio_sockets = self.server.socketio.server.eio.sockets
+        sockets.add_metric([], len(eio_sockets))
+        direct = GaugeMetricFamily('nsio_websockets_direct',
+                                   'WebSockets written directly, without a writer greenlet')
+        direct.add_metric([], sum(getattr(socket, 'conn', None) is not None
+                                  for socket in list(eio_sockets.values())))
         held = GaugeMetricFamily('nsio_registrations_held',
                                  'Registrations held by a socket of this process')
-        held.add_metric([], len(delivery.sockets))
+        held.add_metric([], len(delivery.holders))
         users = GaugeMetricFamily('nsio_users_online',
                                   'Users with at least one socket on this process')
-        users.add_metric([], len({socket.user_id for socket in delivery.sockets.values()}))
+        users.add_metric([], len({holder.user_id for holder in delivery.holders.values()}))
         errors = CounterMetricFamily('nsio_state_errors',
                                      'Calls to the shared state (Redis) that failed')
         errors.add_metric([], self.server.state.failures)
@@ -75,7 +85,7 @@ class _LiveValues:
                                   'with a socket here; none left behind)')
         rooms.add_metric([], sum(1 for room in self.server.socketio.server.manager.rooms.get(
             '/', {}) if isinstance(room, str) and room.startswith('user:')))
-        return [sockets, held, users, errors, rooms]
+        return [sockets, direct, held, users, errors, rooms]
 
     def describe(self):
         return []
@@ -99,7 +109,7 @@ def _count_push(response):
     route = PUSH_ROUTES.get(request.endpoint)
     if route is not None:
         metrics_ = current_app.extensions['notification_socketio'].metrics
-        metrics_.pushes.labels(route, _OUTCOMES.get(response.status_code, 'error')).inc()
+        metrics_.pushes.labels(route, outcome_of(response.status_code)).inc()
         if response.status_code == 200 and 'push_started' in g:
             metrics_.push_latency.labels(route).observe(
                 time.perf_counter() - g.push_started)

@@ -29,10 +29,24 @@ _USER_ID = {'name': 'userId', 'in': 'path', 'required': True, 'schema': _ID,
             'description': 'Any string; percent-encode characters such as "/".'}
 _CONNECTION_ID = {'name': 'connectionId', 'in': 'query', 'required': True, 'schema': _ID,
                   'description': 'A random, unguessable string made up by the backend.'}
+_IDEMPOTENCY_KEY = {
+    'name': 'Idempotency-Key', 'in': 'header', 'required': False,
+    'schema': {'type': 'string', 'minLength': 1, 'maxLength': 255,
+               'pattern': '^[!-~]([ -~]*[!-~])?$'},
+    'description': 'Makes the push idempotent: a repeat with the same key and the same '
+                   'request within IDEMPOTENCY_TTL pushes nothing and answers what the '
+                   'first answered (with `Idempotent-Replayed: true`); the same key with '
+                   'another request is a 409.'}
 _UNAUTHORIZED = _error('X-AUTH-TOKEN is missing or wrong.')
 _UNAVAILABLE = _error('The shared state (Redis) cannot be reached; nothing was done, retry.')
 _INVALID = _error('The request is malformed; the error says how.')
 _TOO_LARGE = _error('The body is larger than MAX_MESSAGE_BYTES.')
+_PUSH_FAILURES = {
+    '401': _UNAUTHORIZED, '400': _INVALID, '413': _TOO_LARGE, '503': _UNAVAILABLE,
+    '409': _error('The Idempotency-Key was used before with another request.'),
+    '504': _error('The shared state (Redis) took the push and did not answer in time: '
+                  'the outcome is unknown. Retry with the same Idempotency-Key.'),
+}
 _OK = _json({'type': 'object', 'required': ['ok'], 'properties': {'ok': {'const': True}}},
             'Done.')
 _MESSAGE_BODY = {
@@ -101,12 +115,13 @@ DOCUMENT = {
             'post': {
                 'operationId': 'push', 'security': _SECURED,
                 'summary': "Send a message to every socket of the user.",
+                'parameters': [_IDEMPOTENCY_KEY],
                 'requestBody': _MESSAGE_BODY,
-                'responses': {'200': _PUSHED, '400': _INVALID, '401': _UNAUTHORIZED,
-                              '413': _TOO_LARGE, '503': _UNAVAILABLE}},
+                'responses': {'200': _PUSHED, **_PUSH_FAILURES}},
         },
         '/api/push': {'post': {
             'operationId': 'push_many', 'security': _SECURED,
+            'parameters': [_IDEMPOTENCY_KEY],
             'summary': 'Send one message to many users.',
             'requestBody': {'required': True, 'content': {'application/json': {'schema': {
                 'type': 'object', 'required': ['users', 'message'], 'properties': {
@@ -116,14 +131,13 @@ DOCUMENT = {
                 '200': _json({'type': 'object', 'required': ['ids'], 'properties': {
                     'ids': {'type': 'object', 'additionalProperties': _MESSAGE_ID}}},
                     'Sent; the message id of each user.'),
-                '400': _INVALID, '401': _UNAUTHORIZED, '413': _TOO_LARGE,
-                '503': _UNAVAILABLE}}},
+                **_PUSH_FAILURES}}},
         '/api/broadcast': {'post': {
             'operationId': 'broadcast', 'security': _SECURED,
             'summary': 'Send one message to every registered session, whoever its user.',
+            'parameters': [_IDEMPOTENCY_KEY],
             'requestBody': _MESSAGE_BODY,
-            'responses': {'200': _PUSHED, '400': _INVALID, '401': _UNAUTHORIZED,
-                          '413': _TOO_LARGE, '503': _UNAVAILABLE}}},
+            'responses': {'200': _PUSHED, **_PUSH_FAILURES}}},
         '/api/{userId}/sessions': {
             'parameters': [_USER_ID],
             'get': {

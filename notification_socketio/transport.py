@@ -1,4 +1,6 @@
-"""Engine.IO sockets that write WebSocket frames from the sender's greenlet.
+"""Engine.IO sockets: direct WebSocket writes, timer PINGs, the heartbeat as acknowledgement.
+
+This module owns everything the server adds to python-engineio's sockets.
 
 python-engineio gives every WebSocket a writer greenlet fed by a queue, and every socket a
 greenlet that sleeps until its next PING. Each message then costs two greenlet switches
@@ -10,7 +12,12 @@ heartbeat, closing) is python-engineio's own.
 
 Order is kept: a frame is written directly only when nothing waits before it, so
 messages, PINGs and closes leave in the order they were sent, which the delivery
-acknowledgement (heartbeat.py) relies on.
+acknowledgement (below) relies on.
+
+Messages, PINGs and everything else leave in one order per socket, and a client answers
+a PING with a PONG only after it has read what was queued before it. So a PONG proves that
+the client received every message sent before the matching PING: the only acknowledgement
+that unmodified Socket.IO clients send. `on_ping` and `on_pong` tell the delivery.
 
 A client that stops reading cannot make the server hold its messages without bound:
 past MAX_SOCKET_BUFFER_BYTES waiting for it (behind the flusher on WebSocket, in the
@@ -63,19 +70,55 @@ def malformed(eio_socket, error):
                 eio_socket.sid[:4] + '***', type(error).__name__, error)
 
 
+_reported_off = set()
+
+
+def _fast_path_off(name, why):
+    """Say, once per process, that a fast path could not be used: never silently."""
+    if name not in _reported_off:
+        _reported_off.add(name)
+        log.warning('fast path OFF: %s (%s); the server works, slower. A library upgrade '
+                    'moved what it relies on: see tests/test_contract.py', name, why)
+
+
+def fast_paths(eio):
+    """The names of this module's fast paths that the installed libraries allow."""
+    on = []
+    if all(hasattr(eio_socket.Socket, name) for name in (
+            '_websocket_handler', 'check_ping_timeout', 'schedule_ping', 'poll',
+            'handle_post_request')):
+        on.append('direct WebSocket writes')
+    else:
+        _fast_path_off('direct WebSocket writes', 'python-engineio\'s Socket changed')
+    if hasattr(gevent.get_hub().loop, 'timer'):
+        on.append('timer PINGs')
+    else:
+        _fast_path_off('timer PINGs', 'gevent\'s loop has no timer')
+    return on
+
+
 def _size(pkt):
     """What a packet weighs in a long-polling queue (its encoding is cached on it)."""
     return len(pkt.encode()) if pkt.data is not None else 1
 
 
-def install(eio, max_buffer_bytes, on_overflow=None):
-    """Make every new Engine.IO socket of server `eio` a DirectSocket.
+class Hooks:
+    """What DirectSockets of one Engine.IO server report to, and their buffer limit."""
+
+    def __init__(self, max_buffer_bytes, on_ping, on_pong, on_overflow):
+        self.max_buffer_bytes = max_buffer_bytes
+        self.on_ping = on_ping          # (eio_sid): a PING is queued behind what was sent
+        self.on_pong = on_pong          # (eio_sid): the client answered it
+        self.on_overflow = on_overflow  # (): a slow consumer was dropped
+
+
+def install(eio, hooks):
+    """Make every new Engine.IO socket of server `eio` a DirectSocket reporting to `hooks`.
 
     A Socket.IO packet that cannot be decoded drops its socket with one log line, where
     python-socketio would log a traceback per packet and keep the socket.
     """
-    eio.nsio_max_buffer = max_buffer_bytes
-    eio.nsio_on_overflow = on_overflow
+    eio.nsio_hooks = hooks
     on_message = eio.handlers['message']
 
     def message(sid, data):
@@ -116,15 +159,23 @@ class DirectSocket(eio_socket.Socket):
         """Send a packet to the client (never blocks)."""
         if self.overflowed:
             return
+        if pkt.packet_type == eio_packet.PING:
+            self.server.nsio_hooks.on_ping(self.sid)
         if self.conn is None:
             super().send(pkt)
             if not self.closed:
                 self.queued_bytes += _size(pkt)
-                if self.queued_bytes > self.server.nsio_max_buffer:
+                if self.queued_bytes > self.server.nsio_hooks.max_buffer_bytes:
                     self.overflow()
             return
         if self.check_ping_timeout():
             self._write(frame(pkt))
+
+    def receive(self, pkt):
+        """A packet from the client; a PONG acknowledges what was sent before its PING."""
+        super().receive(pkt)
+        if pkt.packet_type == eio_packet.PONG:
+            self.server.nsio_hooks.on_pong(self.sid)
 
     def handle_post_request(self, environ):
         """A long-polling POST; a body that is no Engine.IO payload drops the socket."""
@@ -152,7 +203,7 @@ class DirectSocket(eio_socket.Socket):
         it, so that catching up on a big history never counts as a slow consumer. A
         client that reads nothing for a whole heartbeat is dropped.
         """
-        limit = self.server.nsio_max_buffer
+        limit = self.server.nsio_hooks.max_buffer_bytes
         if self.waiting_bytes() <= limit // 2:
             return True
         deadline = time.monotonic() + self.server.ping_interval + self.server.ping_timeout
@@ -173,8 +224,7 @@ class DirectSocket(eio_socket.Socket):
         log.warning('socket %s dropped: %d bytes waiting for a client that does not read '
                     '(MAX_SOCKET_BUFFER_BYTES); it recovers from the history on its return',
                     self.sid[:4] + '***', self.waiting_bytes())
-        if self.server.nsio_on_overflow is not None:
-            self.server.nsio_on_overflow()
+        self.server.nsio_hooks.on_overflow()
         gevent.spawn(self.close, wait=False, abort=True,
                      reason=self.server.reason.TRANSPORT_ERROR)
 
@@ -182,7 +232,7 @@ class DirectSocket(eio_socket.Socket):
         if self.backlog is not None:
             self.backlog.append(data)
             self.backlog_bytes += len(data)
-            if self.backlog_bytes > self.server.nsio_max_buffer:
+            if self.backlog_bytes > self.server.nsio_hooks.max_buffer_bytes:
                 self.overflow()
             return
         try:
@@ -273,6 +323,8 @@ class DirectSocket(eio_socket.Socket):
         """python-engineio's handler, writing directly once the upgrade is done."""
         conn = getattr(getattr(getattr(ws, '_sock', None), 'stream', None), 'handler', None)
         if conn is None:   # not gevent-websocket: python-engineio's writer greenlet
+            _fast_path_off('direct WebSocket writes', f'no gevent-websocket connection '
+                                                      f'behind {type(ws).__name__}')
             return super()._websocket_handler(ws)
         conn = conn.socket
 

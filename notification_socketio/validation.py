@@ -1,10 +1,14 @@
 """Checks shared by the REST API (Flask's routes and the fast push path) and the Socket.IO
 events."""
+import hashlib
 import hmac
 
 from . import jsoncodec
+from .state import Idempotency
 
 MAX_ID_LENGTH = 256
+IDEMPOTENCY_HEADER = 'Idempotency-Key'
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
 
 
 class InvalidInput(ValueError):
@@ -53,3 +57,19 @@ def token_matches(given, tokens):
     for token in tokens:
         matched |= hmac.compare_digest(given, token.encode())
     return matched
+
+
+def idempotency_of(key, path, body):
+    """The Idempotency of a push request with header value `key`, or None without one.
+
+    The fingerprint covers the route (the userId in it) and the body as sent, so that a
+    key used again for anything else is told apart.
+    """
+    if key is None:
+        return None
+    if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH or not key.isascii() \
+            or not key.isprintable():
+        raise InvalidInput(f'{IDEMPOTENCY_HEADER} must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} '
+                           'printable ASCII characters, such as a UUID')
+    digest = hashlib.sha256(path.encode('utf-8', 'surrogateescape') + b'\n' + body)
+    return Idempotency(key, digest.hexdigest()[:32])

@@ -161,11 +161,13 @@ class Listener:
         self.url = url
         self.transport = transport
         self.messages = queue.Queue()
+        self.arrivals = []   # every message id in the order it arrived, duplicates included
         self.sio = socketio.Client(reconnection=reconnection,
                                    reconnection_delay=0.2, reconnection_delay_max=0.5)
         self.sio.on('message', self._on_message)
 
     def _on_message(self, message, meta=None):
+        self.arrivals.append(meta['id'] if meta else None)
         self.messages.put((message, meta))
 
     def connect(self):

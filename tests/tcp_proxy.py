@@ -2,7 +2,8 @@
 
 It stands between clients and a server (or plays a load balancer that moves to another
 server): `cut()` resets every connection at once, `blackhole()` swallows all traffic
-both ways without closing anything (as a dead NAT or a pulled cable does), `restore()`
+both ways without closing anything (as a dead NAT or a pulled cable does), `mute()`
+swallows only the answers (a server that hangs after reading a request), `restore()`
 ends that, and `retarget(port)` sends new connections elsewhere.
 """
 import socket
@@ -28,6 +29,7 @@ class TcpProxy:
         self.port = self.listener.getsockname()[1]
         self.url = f'http://127.0.0.1:{self.port}'
         self.blackholed = False
+        self.muted = False
         self.lock = threading.Lock()
         self.pairs = []
         self.closed = False
@@ -50,7 +52,8 @@ class TcpProxy:
                 except OSError:
                     _reset(client)
                     continue
-            pair = {'client': client, 'upstream': upstream, 'blackholed': blackholed}
+            pair = {'client': client, 'upstream': upstream, 'blackholed': blackholed,
+                    'muted': self.muted}
             with self.lock:
                 self.pairs.append(pair)
             threading.Thread(target=self._pump, args=(pair, 'client', 'upstream'),
@@ -67,7 +70,7 @@ class TcpProxy:
                 data = b''
             if not data:
                 break
-            if pair['blackholed']:
+            if pair['blackholed'] or (pair['muted'] and source == 'upstream'):
                 continue   # swallowed: the sender never learns
             try:
                 pair[destination].sendall(data)
@@ -98,11 +101,18 @@ class TcpProxy:
             for pair in self.pairs:
                 pair['blackholed'] = True
 
+    def mute(self):
+        """Pass what clients send, swallow every answer: a server that works but never replies."""
+        with self.lock:
+            self.muted = True
+            for pair in self.pairs:
+                pair['muted'] = True
+
     def restore(self):
         """Let new connections through again; the black-holed ones stay dead and are reset."""
         with self.lock:
-            self.blackholed = False
-            dead = [pair for pair in self.pairs if pair['blackholed']]
+            self.blackholed = self.muted = False
+            dead = [pair for pair in self.pairs if pair['blackholed'] or pair['muted']]
         for pair in dead:
             self._drop(pair)
 

@@ -345,3 +345,37 @@ def test_a_client_url_of_ones_own_goes_into_the_page_and_its_policy():
     assert 'src="https://static.example.com/sio.js"' in response.get_data(as_text=True)
     assert 'integrity="sha384-abc"' in response.get_data(as_text=True)
     assert 'https://static.example.com' in response.headers['Content-Security-Policy']
+
+
+@pytest.mark.parametrize('path, body, other_body', [
+    ('/api/u1/push', {'message': 'once'}, {'message': 'another'}),
+    ('/api/push', {'users': ['u1', 'u2'], 'message': 'once'},
+     {'users': ['u1'], 'message': 'once'}),
+    ('/api/broadcast', {'message': 'once'}, {'message': 'another'}),
+])
+@pytest.mark.parametrize('content_type', ['application/json', 'text/plain'])
+def test_a_push_repeated_with_its_idempotency_key_is_made_once(
+        rest, socket_client, path, body, other_body, content_type):
+    rest.put('/api/u1/register?connectionId=c1', headers=auth())
+    client = socket_client()
+    client.emit('register', 'u1', 'c1', callback=True)
+    headers = {**auth(), 'Idempotency-Key': 'job-42', 'Content-Type': content_type}
+    first = rest.post(path, data=json.dumps(body), headers=headers)
+    again = rest.post(path, data=json.dumps(body), headers=headers)
+    assert first.status_code == again.status_code == 200
+    assert again.get_data() == first.get_data()
+    assert 'Idempotent-Replayed' not in first.headers
+    assert again.headers['Idempotent-Replayed'] == 'true'
+    assert [event['args'] for event in client.get_received()] == ['once']
+    conflict = rest.post(path, data=json.dumps(other_body), headers=headers)
+    assert conflict.status_code == 409 and 'Idempotency-Key' in conflict.json['error']
+    other_key = rest.post(path, data=json.dumps(body), headers={**headers,
+                                                                 'Idempotency-Key': 'job-43'})
+    assert other_key.status_code == 200 and other_key.get_data() != first.get_data()
+
+
+@pytest.mark.parametrize('key', ['', 'x' * 256, 'caf\u00e9', 'tab\there'])
+def test_a_malformed_idempotency_key_is_refused(rest, key):
+    response = rest.post('/api/u1/push', json={'message': 1},
+                         headers={**auth(), 'Idempotency-Key': key.encode().decode('latin-1')})
+    assert response.status_code == 400 and 'Idempotency-Key' in response.json['error']

@@ -75,11 +75,35 @@ def test_a_503_is_retried_until_redis_is_back(redis_server, start_server, user):
 
 
 def refused_pushes(server):
-    metrics = requests.get(server.url + '/metrics', timeout=10).text
-    for line in metrics.splitlines():
-        if line.startswith('nsio_pushes_total{') and 'outcome="unavailable"' in line:
-            return float(line.rsplit(' ', 1)[1])
-    return 0
+    return server.metric('nsio_pushes_total', outcome='unavailable', route='push')
+
+
+def test_a_push_whose_answer_was_lost_is_retried_and_made_once(
+        redis_server, proxies, start_server, user):
+    # Redis runs the push but its answer is lost (504, outcome unknown): the client tries
+    # again with the same Idempotency-Key, and gets the first push's id.
+    proxy = proxies(redis_server.port)
+    server = start_server(env={'REDIS_URL': f'redis://127.0.0.1:{proxy.port}/0'})
+    with NotificationClient(server.url, TOKEN) as client_:
+        client_.register(user, 'tab')
+        client_.push(user, 'before')
+    outcome = {}
+
+    def push():
+        with NotificationClient(server.url, TOKEN, retries=8) as client_:
+            outcome['id'] = client_.push(user, 'exactly once')
+    proxy.mute()
+    pusher = threading.Thread(target=push)
+    pusher.start()
+    wait_for(lambda: server.metric('nsio_pushes_total', outcome='unknown', route='push') >= 1,
+             timeout=30, message='a push answered 504')
+    proxy.restore()
+    pusher.join(timeout=60)
+    assert outcome.get('id'), 'the push never succeeded'
+    with redis_server.client() as admin:
+        kept = admin.xrange(f'nsio:history:{user}')
+    assert [json.loads(fields['m']) for _, fields in kept] == ['before', 'exactly once']
+    assert kept[-1][0] == outcome['id']
 
 
 def test_the_command_line_listens_and_pushes(server, user):

@@ -16,6 +16,13 @@ TOO_LONG = 'u' * (MAX_ID_LENGTH + 1)
 BIG = {'message': 'x' * 70_000}
 AUTH = {'X-AUTH-TOKEN': TOKEN}
 
+
+def keyed(key):
+    """The token and an Idempotency-Key: a key names one push, on one route."""
+    return {**AUTH, 'Idempotency-Key': key}
+PUSHES = [route for route in (('/api/{userId}/push', 'post'), ('/api/push', 'post'),
+                              ('/api/broadcast', 'post'))]
+
 # (path, method) -> {status: request}; a request is (url path, keyword arguments).
 CASES = {
     ('/api/status/ping', 'get'): {200: ('/api/status/ping', {})},
@@ -34,21 +41,25 @@ CASES = {
         401: ('/api/u1/register?connectionId=c1', {}),
     },
     ('/api/{userId}/push', 'post'): {
-        200: ('/api/u1/push', {'headers': AUTH, 'json': {'message': {'a': 1}}}),
+        200: ('/api/u1/push', {'headers': keyed('one'), 'json': {'message': {'a': 1}}}),
         400: ('/api/u1/push', {'headers': AUTH, 'json': {'text': 'no message'}}),
         401: ('/api/u1/push', {'json': {'message': 1}}),
+        409: ('/api/u1/push', {'headers': keyed('one'), 'json': {'message': 'another'}}),
         413: ('/api/u1/push', {'headers': AUTH, 'json': BIG}),
     },
     ('/api/push', 'post'): {
-        200: ('/api/push', {'headers': AUTH, 'json': {'users': ['u1', 'u2'], 'message': 1}}),
+        200: ('/api/push', {'headers': keyed('many'),
+                            'json': {'users': ['u1', 'u2'], 'message': 1}}),
         400: ('/api/push', {'headers': AUTH, 'json': {'users': [], 'message': 1}}),
         401: ('/api/push', {'json': {'users': ['u1'], 'message': 1}}),
+        409: ('/api/push', {'headers': keyed('many'), 'json': {'users': ['u2'], 'message': 1}}),
         413: ('/api/push', {'headers': AUTH, 'json': {'users': ['u1'], **BIG}}),
     },
     ('/api/broadcast', 'post'): {
-        200: ('/api/broadcast', {'headers': AUTH, 'data': {'message': 'form'}}),
+        200: ('/api/broadcast', {'headers': keyed('all'), 'data': {'message': 'form'}}),
         400: ('/api/broadcast', {'headers': AUTH, 'data': b'{"message": '}),
         401: ('/api/broadcast', {'json': {'message': 1}}),
+        409: ('/api/broadcast', {'headers': keyed('all'), 'data': {'message': 'other'}}),
         413: ('/api/broadcast', {'headers': AUTH, 'json': BIG}),
     },
     ('/api/{userId}/sessions', 'get'): {
@@ -76,7 +87,9 @@ def documented_statuses():
 
 # Statuses that need a scene of their own, produced by the test named.
 SCENES = {('/api/{userId}/register', 'put', 429):
-          'test_register_past_the_session_limit_is_429_as_documented'}
+          'test_register_past_the_session_limit_is_429_as_documented',
+          **{(path, method, 504): 'test_a_push_redis_did_not_answer_is_504_as_documented'
+             for path, method in PUSHES}}
 
 
 def test_the_cases_cover_every_documented_status():
@@ -122,6 +135,21 @@ def test_every_documented_status_is_produced_as_documented(redis_server, start_s
         response = requests.request(method, server.url + url, timeout=30, **options)
         assert response.status_code == 503, (method, url, response.text)
         check(response, path, method)
+
+
+def test_a_push_redis_did_not_answer_is_504_as_documented(
+        redis_server, proxies, start_server):
+    proxy = proxies(redis_server.port)
+    server = start_server(env={'REDIS_URL': f'redis://127.0.0.1:{proxy.port}/0'})
+    for path, method in PUSHES:
+        url, options = CASES[(path, method)][200]
+        assert requests.request(method, server.url + url, timeout=10, **options).ok
+        proxy.mute()
+        response = requests.request(method, server.url + url, timeout=30,
+                                    **{**options, 'headers': AUTH})
+        assert response.status_code == 504, response.text
+        check(response, path, method)
+        proxy.restore()
 
 
 def test_register_past_the_session_limit_is_429_as_documented(start_server, listeners):

@@ -156,6 +156,30 @@ def test_pushes_fail_cleanly_while_redis_is_down_and_work_again_after(
     assert client.sio.connected
 
 
+def test_a_push_to_a_redis_that_stops_answering_is_made_once_and_says_so(
+        redis_server, proxies, start_server, user):
+    # Redis reads the push and runs it, but its answer never comes back: the server must
+    # not run it again (a second message with a new id), and must say the outcome is
+    # unknown, soon, rather than 503 "nothing was done" after tens of seconds.
+    proxy = proxies(redis_server.port)
+    server = start_server(env={'REDIS_URL': f'redis://127.0.0.1:{proxy.port}/0'})
+    assert server.register(user, 'tab').status_code == 200
+    made = [server.pushed(user, 'before')]
+    for content_type in ('text/plain', 'application/json'):   # Flask route, fast path
+        proxy.mute()
+        response = requests.post(f'{server.url}/api/{user}/push', data='{"message": 1}',
+                                 headers={'X-AUTH-TOKEN': TOKEN,
+                                          'Content-Type': content_type}, timeout=20)
+        assert response.status_code == 504, response.text
+        assert 'unknown' in response.json()['error']
+        proxy.restore()
+        made.append(wait_for(lambda: accepted(server.push(user, 'after')), timeout=30,
+                             message='pushes to be accepted again'))
+    with redis_server.client() as admin:
+        # Each push made once: the two unknown ones did happen, and nothing more.
+        assert admin.xlen(f'nsio:history:{user}') == len(made) + 2
+
+
 def accepted(response):
     """The message id of a push that succeeded, else None."""
     return response.json()['id'] if response.status_code == 200 else None

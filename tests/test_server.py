@@ -255,3 +255,22 @@ def test_sigterm_does_not_wait_for_idle_keep_alive_connections(start_server):
     assert server.process.wait(timeout=10) == 0
     assert 'SIGTERM: closing' in server.log()
     backend.close()
+
+
+def test_sigterm_with_a_redis_that_hangs_ends_within_the_graceful_timeout(
+        redis_server, proxies, start_server, listeners):
+    # Each socket used to release its registration in a call of its own, one after the
+    # other: behind a Redis that no longer answers, 30 sockets took 30 timeouts.
+    proxy = proxies(redis_server.port)
+    server = start_server(env={'REDIS_URL': f'redis://127.0.0.1:{proxy.port}/0'})
+    user = 'user-' + uuid.uuid4().hex[:8]
+    for n in range(30):
+        assert server.register(user, f'tab-{n}').status_code == 200
+        listeners(server.url).follow(user, f'tab-{n}')
+    proxy.mute()
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=30) == 0
+    log = server.log()
+    # The worker ended by itself; gunicorn would otherwise kill it after graceful_timeout.
+    assert 'Worker exiting' in log
+    assert 'could not release 30 registrations on shutdown' in log

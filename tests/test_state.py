@@ -4,8 +4,9 @@ import time
 import pytest
 
 from notification_socketio.config import Config
-from notification_socketio.state import (EVERYONE, NotRegistered, Sessions, StateUnavailable,
-                                         TooManySessions, parse_message_id)
+from notification_socketio.state import (EVERYONE, Idempotency, IdempotencyConflict,
+                                         NotRegistered, OutcomeUnknown, Sessions,
+                                         StateUnavailable, TooManySessions, parse_message_id)
 from notification_socketio.state.memory import MemoryState
 from notification_socketio.state.redis import RedisState
 
@@ -52,6 +53,12 @@ def backend(request, tmp_path):
     yield make
     for state in made:
         state.close()
+
+
+def registered(state, *user_ids):
+    """Give each user a registration: only then is a user's history kept."""
+    for user_id in user_ids:
+        state.register(user_id, 'any')
 
 
 @pytest.fixture
@@ -135,26 +142,26 @@ def test_release_by_a_former_holder_changes_nothing(state):
 
 
 def test_a_new_registration_counts_earlier_messages_as_received(state):
-    earlier = [state.append(['u1'], n)[0] for n in range(3)]
+    earlier = [state.append(['u1'], n).entries[0] for n in range(3)]
     state.register('u1', 'c1')
     claim = state.claim('u1', 'c1', 'sid1')
     assert claim.delivered_id == earlier[-1].message_id
     assert state.history('u1', claim.delivered_id) == []
-    later = state.append(['u1'], 'later')[0]
+    later = state.append(['u1'], 'later').entries[0]
     assert state.history('u1', claim.delivered_id) == [later]
 
 
 def test_a_registration_of_a_user_without_messages_gets_everything(state):
     state.register('u1', 'c1')
     assert state.claim('u1', 'c1', 'sid1').delivered_id is None
-    first = state.append(['u1'], 'first')[0]
+    first = state.append(['u1'], 'first').entries[0]
     assert state.history('u1', None) == [first]
 
 
 def test_the_holder_confirms_what_it_received_for_the_next_claim(state):
     state.register('u1', 'c1')
     state.claim('u1', 'c1', 'sid1')
-    entries = [state.append(['u1'], n)[0] for n in range(4)]
+    entries = [state.append(['u1'], n).entries[0] for n in range(4)]
     state.confirm('u1', 'c1', 'sid1', entries[1].message_id)
     state.release('u1', 'c1', 'sid1')
     claim = state.claim('u1', 'c1', 'sid2')
@@ -163,7 +170,8 @@ def test_the_holder_confirms_what_it_received_for_the_next_claim(state):
 
 
 def test_message_ids_increase_per_user(state):
-    entries = [state.append(['u1'], n)[0] for n in range(20)]
+    registered(state, 'u1', 'u2')
+    entries = [state.append(['u1'], n).entries[0] for n in range(20)]
     keys = [parse_message_id(entry.message_id) for entry in entries]
     assert keys == sorted(keys) and len(set(keys)) == 20
     assert all(entry.ts == key[0] for entry, key in zip(entries, keys))
@@ -172,14 +180,15 @@ def test_message_ids_increase_per_user(state):
 def test_memory_ids_increase_even_when_the_clock_steps_back():
     clock = FakeClock()
     state = MemoryState(Config.for_testing(), clock=clock)
-    first = state.append(['u1'], 1)[0]
+    first = state.append(['u1'], 1).entries[0]
     clock.advance(-10)
-    second = state.append(['u1'], 2)[0]
+    second = state.append(['u1'], 2).entries[0]
     assert parse_message_id(second.message_id) > parse_message_id(first.message_id)
 
 
 def test_history_keeps_the_newest_entries_after_an_id(state):
-    entries = [state.append(['u1'], {'n': n, 'text': 'é世🚀'})[0] for n in range(8)]
+    registered(state, 'u1', 'u2')
+    entries = [state.append(['u1'], {'n': n, 'text': 'é世🚀'}).entries[0] for n in range(8)]
     state.append(['u2'], 'other user')
     assert [e.message['n'] for e in state.history('u1')] == [3, 4, 5, 6, 7]
     assert state.history('u1', entries[5].message_id) == entries[6:]
@@ -188,9 +197,10 @@ def test_history_keeps_the_newest_entries_after_an_id(state):
 
 
 def test_history_forgets_entries_older_than_its_ttl(state, clock):
+    registered(state, 'u1', 'u2')
     state.append(['u1'], 'old')
     clock.advance(TTL * 0.6)
-    new = state.append(['u1'], 'new')[0]
+    new = state.append(['u1'], 'new').entries[0]
     clock.advance(TTL * 0.6)
     assert state.history('u1') == [new]
     clock.advance(TTL * 0.6)
@@ -199,8 +209,8 @@ def test_history_forgets_entries_older_than_its_ttl(state, clock):
 
 def test_history_can_be_turned_off(backend):
     state, _ = backend(history_size=0)
-    first = state.append(['u1'], 'x')[0]
-    second = state.append(['u1'], 'y')[0]
+    first = state.append(['u1'], 'x').entries[0]
+    second = state.append(['u1'], 'y').entries[0]
     assert parse_message_id(second.message_id) > parse_message_id(first.message_id)
     assert state.history('u1') == []
 
@@ -216,19 +226,20 @@ def test_an_unreachable_redis_is_reported_as_unavailable(redis_server):
 
 
 def test_ids_increase_across_users_and_broadcasts(state):
-    entries = state.append(['u1', 'u2', 'u3'], 'batch')
-    entries += state.append([EVERYONE], 'broadcast')
-    entries += state.append(['u1'], 'single')
+    entries = state.append(['u1', 'u2', 'u3'], 'batch').entries
+    entries += state.append([EVERYONE], 'broadcast').entries
+    entries += state.append(['u1'], 'single').entries
     keys = [parse_message_id(entry.message_id) for entry in entries]
     assert keys == sorted(keys) and len(set(keys)) == 5
     assert all(entry.message in ('batch', 'broadcast', 'single') for entry in entries)
 
 
 def test_every_user_history_includes_the_broadcasts_in_id_order(state):
-    mine = state.append(['u1'], 'mine')[0]
-    everyone = state.append([EVERYONE], 'for everyone')[0]
-    theirs = state.append(['u2'], 'theirs')[0]
-    mine_again = state.append(['u1'], 'mine again')[0]
+    registered(state, 'u1', 'u2')
+    mine = state.append(['u1'], 'mine').entries[0]
+    everyone = state.append([EVERYONE], 'for everyone').entries[0]
+    theirs = state.append(['u2'], 'theirs').entries[0]
+    mine_again = state.append(['u1'], 'mine again').entries[0]
     assert state.history('u1') == [mine, everyone, mine_again]
     assert state.history('u2') == [everyone, theirs]
     assert state.history('u3', mine.message_id) == [everyone]
@@ -316,8 +327,11 @@ def test_a_user_keeps_at_most_max_sessions_registrations(backend):
     assert state.sessions('u') == Sessions(online=3, registered=3)
     state.release('u', 'c2', 'sid-2')
     state.register('u', 'c4')
-    assert state.claim('u', 'c4', 'sid-4')
+    assert state.claim('u', 'c4', 'sid-4').previous_sid is None
+    with pytest.raises(NotRegistered):
+        state.claim('u', 'c2', 'sid-9')   # c2 made room for c4
     state.register('other', 'c0')   # the limit is per user
+    assert state.sessions('other').registered == 1
 
 
 def test_the_default_limit_lets_one_user_hold_thousands_of_sessions(backend):
@@ -327,3 +341,50 @@ def test_the_default_limit_lets_one_user_hold_thousands_of_sessions(backend):
         state.register('many', f'c{n}')
         state.claim('many', f'c{n}', f'sid-{n}')
     assert state.sessions('many') == Sessions(online=2000, registered=2000)
+
+
+def test_a_user_without_registrations_keeps_no_history(state):
+    state.append(['u1'], 'for nobody')
+    state.register('u1', 'c1')
+    assert state.history('u1') == []
+    kept = state.append(['u1'], 'for c1').entries[0]
+    assert state.history('u1') == [kept]
+
+
+def test_a_repeated_idempotency_key_appends_nothing_and_answers_the_first_ids(state):
+    registered(state, 'u1', 'u2')
+    key = Idempotency('key-1', 'fingerprint-a')
+    first = state.append(['u1', 'u2'], 'once', key)
+    assert not first.repeated
+    again = state.append(['u1', 'u2'], 'once', key)
+    assert again.repeated and again.entries == first.entries
+    assert [entry.message for entry in state.history('u1')] == ['once']
+    with pytest.raises(IdempotencyConflict):
+        state.append(['u1', 'u2'], 'another body', Idempotency('key-1', 'fingerprint-b'))
+    other = state.append(['u1'], 'once', Idempotency('key-2', 'fingerprint-a'))
+    assert not other.repeated
+    assert [entry.message for entry in state.history('u1')] == ['once', 'once']
+
+
+def test_an_idempotency_key_is_forgotten_after_its_window(backend):
+    state, clock = backend(idempotency_ttl=1)
+    key = Idempotency('key', 'fingerprint')
+    first = state.append(['u1'], 'x', key).entries[0]
+    clock.advance(1.2)
+    second = state.append(['u1'], 'x', key)
+    assert not second.repeated and second.entries[0] != first
+
+
+def test_a_push_to_a_redis_that_does_not_answer_is_sent_once(redis_server, proxies):
+    proxy = proxies(redis_server.port)
+    state = RedisState(Config.for_testing(redis_url=f'redis://127.0.0.1:{proxy.port}/0'))
+    state.register('u1', 'c1')
+    state.append(['u1'], 'before')   # Redis knows the script now
+    proxy.mute()
+    with pytest.raises(OutcomeUnknown):
+        state.append(['u1'], 'maybe')
+    proxy.restore()
+    with redis_server.client() as admin:
+        assert admin.xlen(RedisState.history_key('u1')) == 2
+    assert [entry.message for entry in state.history('u1')] == ['before', 'maybe']
+    state.close()

@@ -1,5 +1,6 @@
 """State backends, picked by REDIS_URL like python-socketio picks its client manager."""
-from .base import (EVERYONE, Claim, Entry, NotRegistered, Sessions, State, StateUnavailable,
+from .base import (EVERYONE, Appended, Claim, Entry, Idempotency, IdempotencyConflict,
+                   NotRegistered, OutcomeUnknown, Sessions, State, StateUnavailable,
                    TooManySessions, parse_message_id)
 
 
@@ -12,5 +13,6 @@ def create_state(config):
     return MemoryState(config)
 
 
-__all__ = ['EVERYONE', 'Claim', 'Entry', 'NotRegistered', 'Sessions', 'State',
-           'StateUnavailable', 'TooManySessions', 'create_state', 'parse_message_id']
+__all__ = ['EVERYONE', 'Appended', 'Claim', 'Entry', 'Idempotency', 'IdempotencyConflict',
+           'NotRegistered', 'OutcomeUnknown', 'Sessions', 'State', 'StateUnavailable',
+           'TooManySessions', 'create_state', 'parse_message_id']

@@ -27,6 +27,20 @@ class Sessions(typing.NamedTuple):
     registered: int   # valid registrations, held or not
 
 
+class Appended(typing.NamedTuple):
+    """What `append` did: the entries, and whether an earlier push with its key made them."""
+
+    entries: list
+    repeated: bool = False
+
+
+class Idempotency(typing.NamedTuple):
+    """A backend's Idempotency-Key, and a fingerprint of the request it came with."""
+
+    key: str
+    fingerprint: str
+
+
 class Claim(typing.NamedTuple):
     """What claiming a registration tells the claiming socket."""
 
@@ -44,6 +58,14 @@ class TooManySessions(Exception):
 
 class StateUnavailable(Exception):
     """The shared state (Redis) cannot be reached; nothing was changed, the caller may retry."""
+
+
+class OutcomeUnknown(Exception):
+    """The shared state did not answer a push in time: it may or may not have been made."""
+
+
+class IdempotencyConflict(Exception):
+    """An Idempotency-Key came back with another request than the one it was first used for."""
 
 
 def parse_message_id(message_id):
@@ -76,6 +98,7 @@ class State(abc.ABC):
         self.max_sessions = config.max_sessions_per_user
         self.history_size = config.history_size
         self.history_ttl = config.history_ttl
+        self.idempotency_ttl = config.idempotency_ttl
         # A held registration whose socket has not answered a heartbeat for this long is
         # not counted online (its process may be gone).
         self.online_timeout = 2 * (config.ping_interval + config.ping_timeout)
@@ -109,6 +132,11 @@ class State(abc.ABC):
     def release(self, user_id, connection_id, sid):
         """Socket `sid` is gone: the registration starts its expiry clock, if `sid` held it."""
 
+    def release_many(self, holds):
+        """`release` each (user_id, connection_id, sid) of `holds`: on shutdown, at once."""
+        for user_id, connection_id, sid in holds:
+            self.release(user_id, connection_id, sid)
+
     @abc.abstractmethod
     def revoke(self, user_id, connection_id=None):
         """Delete one registration of the user (all of them if `connection_id` is None).
@@ -121,12 +149,18 @@ class State(abc.ABC):
         """The user's presence, as Sessions."""
 
     @abc.abstractmethod
-    def append(self, targets, message):
+    def append(self, targets, message, idempotency=None):
         """Give `message` one new id per target and keep it in each target's history.
 
         A target is a userId, or EVERYONE for a broadcast (kept in a history that every
-        user's replay includes). Ids increase across all targets, in the order given, so
-        that one id can be compared with any other. Returns one Entry per target.
+        user's replay includes; a user's, only while the user has a registration). Ids
+        increase across all targets, in the order given, so that one id can be compared
+        with any other. Returns Appended, one Entry per target.
+
+        With an Idempotency, a key seen within IDEMPOTENCY_TTL with the same fingerprint
+        appends nothing and returns the first push's entries, `repeated`; with another
+        fingerprint, IdempotencyConflict. The key is kept atomically with the append.
+        With Redis, OutcomeUnknown when Redis did not answer (it is never retried).
         """
 
     @abc.abstractmethod

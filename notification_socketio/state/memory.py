@@ -1,11 +1,15 @@
-"""State in this process's memory: the embedded default, for one process."""
+"""State in this process's memory: the embedded default, for one process.
+
+What expires (registrations no socket holds, histories, idempotency records) sits in
+queues ordered by expiry, so that dropping it costs what expired, never a scan of
+everyone: every such deadline is "now + a fixed TTL", so the order of the last refresh
+is the order of expiry.
+"""
 import collections
 import time
 
-from .base import (EVERYONE, Claim, Entry, NotRegistered, Sessions, State, TooManySessions,
-                   parse_message_id)
-
-_SWEEP_INTERVAL = 5.0
+from .base import (EVERYONE, Appended, Claim, Entry, IdempotencyConflict, NotRegistered,
+                   Sessions, State, TooManySessions, parse_message_id)
 
 
 class _Registration:
@@ -26,13 +30,12 @@ class MemoryState(State):
         super().__init__(config)
         self._clock = clock
         self._registrations = {}   # (user_id, connection_id) -> _Registration
-        self._by_user = collections.defaultdict(set)   # user_id -> its connection ids
+        self._by_user = {}         # user_id -> set of its connection ids
+        self._unheld = collections.OrderedDict()   # (user_id, connection_id) -> expiry
         self._histories = {}       # user_id (or EVERYONE) -> deque of Entry
+        self._history_expiry = collections.OrderedDict()   # target -> newest entry's ts
+        self._idempotency = collections.OrderedDict()   # key -> (fingerprint, ids, expiry)
         self._last_id = (0, -1)    # (ms, seq) of the newest message id, for every target
-        self._next_sweep = 0.0
-        # Never hold what expired for much longer than it lived.
-        self._sweep_interval = min(_SWEEP_INTERVAL, self.registration_ttl,
-                                   self.history_ttl or _SWEEP_INTERVAL)
 
     def register(self, user_id, connection_id):
         now = self._sweep()
@@ -40,36 +43,33 @@ class MemoryState(State):
         if registration is None:
             self._make_room_for(user_id)
             self._registrations[(user_id, connection_id)] = _Registration(
-                now + self.registration_ttl, self._format_last_id())
-            self._by_user[user_id].add(connection_id)
+                None, self._format_last_id())
+            self._by_user.setdefault(user_id, set()).add(connection_id)
+            self._expire_later((user_id, connection_id), now)
         elif registration.holder is None:
-            registration.expires_at = now + self.registration_ttl
+            self._expire_later((user_id, connection_id), now)
 
     def _make_room_for(self, user_id):
-        """Below MAX_SESSIONS_PER_USER, or replace the unheld registration expiring first.
-
-        One that expired already and awaits the sweep goes first of all.
-        """
+        """Below MAX_SESSIONS_PER_USER, or replace the unheld registration expiring first."""
         connection_ids = self._by_user.get(user_id, ())
         if len(connection_ids) < self.max_sessions:
             return
-        registrations = ((self._registrations[(user_id, connection_id)], connection_id)
-                         for connection_id in connection_ids)
-        unheld = [(registration.expires_at, connection_id)
-                  for registration, connection_id in registrations
-                  if registration.holder is None]
+        unheld = [(self._registrations[(user_id, connection_id)].expires_at, connection_id)
+                  for connection_id in connection_ids
+                  if self._registrations[(user_id, connection_id)].holder is None]
         if not unheld:
             raise TooManySessions()
         _, oldest = min(unheld)
-        del self._registrations[(user_id, oldest)]
-        self._forget(user_id, oldest)
+        self._delete(user_id, oldest)
 
     def claim(self, user_id, connection_id, sid):
-        registration = self._live_registration(user_id, connection_id)
+        self._sweep()
+        registration = self._registrations.get((user_id, connection_id))
         if registration is None:
             raise NotRegistered()
         previous, registration.holder = registration.holder, sid
         registration.expires_at = None
+        self._unheld.pop((user_id, connection_id), None)
         return Claim(previous if previous != sid else None, registration.delivered_id)
 
     def confirm(self, user_id, connection_id, sid, message_id):
@@ -82,28 +82,37 @@ class MemoryState(State):
         registration = self._registrations.get((user_id, connection_id))
         if registration is not None and registration.holder == sid:
             registration.holder = None
-            registration.expires_at = now + self.registration_ttl
+            self._expire_later((user_id, connection_id), now)
 
     def revoke(self, user_id, connection_id=None):
         connection_ids = (list(self._by_user.get(user_id, ())) if connection_id is None
                           else [connection_id])
         holders = []
         for revoked in connection_ids:
-            registration = self._registrations.pop((user_id, revoked), None)
-            if registration is not None and registration.holder is not None:
-                holders.append(registration.holder)
-            self._forget(user_id, revoked)
+            registration = self._registrations.get((user_id, revoked))
+            if registration is not None:
+                if registration.holder is not None:
+                    holders.append(registration.holder)
+                self._delete(user_id, revoked)
         return holders
 
     def sessions(self, user_id):
-        registrations = [self._live_registration(user_id, connection_id)
-                         for connection_id in list(self._by_user.get(user_id, ()))]
-        registrations = [r for r in registrations if r is not None]
+        self._sweep()
+        registrations = [self._registrations[(user_id, connection_id)]
+                         for connection_id in self._by_user.get(user_id, ())]
         return Sessions(online=sum(r.holder is not None for r in registrations),
                         registered=len(registrations))
 
-    def append(self, targets, message):
+    def append(self, targets, message, idempotency=None):
         now = self._sweep()
+        if idempotency is not None:
+            record = self._idempotency.get(idempotency.key)
+            if record is not None:
+                fingerprint, message_ids, _ = record
+                if fingerprint != idempotency.fingerprint:
+                    raise IdempotencyConflict()
+                return Appended([Entry(message_id, parse_message_id(message_id)[0], message)
+                                 for message_id in message_ids], repeated=True)
         entries = []
         for target in targets:
             ms = max(int(now * 1000), self._last_id[0])
@@ -111,13 +120,21 @@ class MemoryState(State):
             self._last_id = (ms, seq)
             entry = Entry(f'{ms}-{seq}', ms, message)
             entries.append(entry)
-            if self.history_size and self.history_ttl:
+            # Only a registration replays a history, and a new one starts after this.
+            if self.history_size and self.history_ttl and (
+                    target is EVERYONE or target in self._by_user):
                 history = self._histories.get(target)
                 if history is None:
                     history = self._histories[target] = collections.deque(
                         maxlen=self.history_size)
                 history.append(entry)
-        return entries
+                self._history_expiry[target] = ms
+                self._history_expiry.move_to_end(target)
+        if idempotency is not None:
+            self._idempotency[idempotency.key] = (
+                idempotency.fingerprint, [entry.message_id for entry in entries],
+                now + self.idempotency_ttl)
+        return Appended(entries)
 
     def history(self, user_id, after_id=None):
         oldest_kept = int((self._clock() - self.history_ttl) * 1000)
@@ -132,35 +149,37 @@ class MemoryState(State):
         ms, seq = self._last_id
         return f'{ms}-{seq}' if seq >= 0 else None
 
-    def _live_registration(self, user_id, connection_id):
-        now = self._sweep()
-        registration = self._registrations.get((user_id, connection_id))
-        if registration is not None and registration.holder is None \
-                and registration.expires_at <= now:
-            return None
-        return registration
+    def _expire_later(self, key, now):
+        """Start (or restart) the expiry clock of an unheld registration."""
+        self._registrations[key].expires_at = self._unheld[key] = now + self.registration_ttl
+        self._unheld.move_to_end(key)
 
-    def _forget(self, user_id, connection_id):
-        connection_ids = self._by_user.get(user_id)
-        if connection_ids is not None:
-            connection_ids.discard(connection_id)
-            if not connection_ids:
-                del self._by_user[user_id]
+    def _delete(self, user_id, connection_id):
+        del self._registrations[(user_id, connection_id)]
+        self._unheld.pop((user_id, connection_id), None)
+        connection_ids = self._by_user[user_id]
+        connection_ids.discard(connection_id)
+        if not connection_ids:
+            del self._by_user[user_id]
 
     def _sweep(self):
-        """Drop expired registrations and stale histories, at most every few seconds."""
+        """Drop what expired: each queue is read from its oldest end, as far as it expired."""
         now = self._clock()
-        if now < self._next_sweep:
-            return now
-        self._next_sweep = now + self._sweep_interval
-        expired = [key for key, registration in self._registrations.items()
-                   if registration.holder is None and registration.expires_at <= now]
-        for user_id, connection_id in expired:
-            del self._registrations[(user_id, connection_id)]
-            self._forget(user_id, connection_id)
+        while self._unheld:
+            (user_id, connection_id), expires_at = next(iter(self._unheld.items()))
+            if expires_at > now:
+                break
+            self._delete(user_id, connection_id)
         oldest_kept = int((now - self.history_ttl) * 1000)
-        stale = [target for target, history in self._histories.items()
-                 if not history or history[-1].ts <= oldest_kept]
-        for target in stale:
+        while self._history_expiry:
+            target, newest = next(iter(self._history_expiry.items()))
+            if newest > oldest_kept:
+                break
+            del self._history_expiry[target]
             del self._histories[target]
+        while self._idempotency:
+            key, (_, _, expires_at) = next(iter(self._idempotency.items()))
+            if expires_at > now:
+                break
+            del self._idempotency[key]
         return now

@@ -2,24 +2,33 @@
 
 A registration is a hash `nsio:reg:<len(userId)>:<userId>:<connectionId>` with its holder's
 sid, the id up to which it has received and when its socket last answered a heartbeat;
-`nsio:regs:<userId>` lists a user's connectionIds. A user's history is a stream
+`nsio:unheld:<userId>` and `nsio:held:<userId>` index a user's connectionIds. A user's history is a stream
 `nsio:history:<userId>` (broadcasts: `nsio:broadcast`) whose entry ids are the message
 ids, drawn from one sequence (`nsio:last-id`) so that any two can be compared. Appending
-and publishing on the Socket.IO message queue happen in one script: every process sees
-the messages in id order, and a push is either kept and sent, or neither.
+and publishing on the messages channel happen in one script: every process sees the
+messages in id order, and a push is either kept and sent, or neither. A push with an
+Idempotency-Key leaves `nsio:idempotency:<key>` in the same script.
+
+A push is sent to Redis once and never retried: if Redis does not answer, it may have
+run it, so the caller learns that the outcome is unknown (OutcomeUnknown). Other calls
+can be repeated safely and are retried once on a broken connection; none waits longer
+than REDIS_TIMEOUT for an answer.
 """
 import functools
 import json
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .. import jsoncodec
-from .base import (EVERYONE, Claim, Entry, NotRegistered, Sessions, State, StateUnavailable,
-                   TooManySessions, parse_message_id)
+from .base import (EVERYONE, Appended, Claim, Entry, IdempotencyConflict, NotRegistered,
+                   OutcomeUnknown, Sessions, State, StateUnavailable, TooManySessions,
+                   parse_message_id)
 
-#: The host id that marks our deliveries on the Socket.IO channel (see fanout.py).
-DELIVERY_HOST = 'notification-socketio'
 CHANNEL = 'notification-socketio'
+#: Seconds a call waits for Redis to answer.
+REDIS_TIMEOUT = 3
 _KEY_FLOOR_MS = 1000   # PEXPIRE 0 would delete a stream at once
 
 _NOW_MS = """
@@ -27,113 +36,126 @@ local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 """
 
-# KEYS: registration, user index, last id.
+# A user's registrations are also in two sorted sets, so that no script walks them all:
+# `unheld` scored by when each expires, `held` by when its socket last answered a
+# heartbeat (its hash expires REGISTRATION_TTL after that). Both are cleaned of what
+# expired (a range, as long as what expired) before they are counted.
+_FORGET_EXPIRED = """
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms - tonumber(ARGV[2]))
+"""
+_KEEP_INDEXES = """
+for i = 2, 3 do
+  if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[2]) then
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+  end
+end
+"""
+
+# KEYS: registration, unheld, held, last id.
 # ARGV: connectionId, ttl ms, registration key prefix, max sessions per user.
 # Returns 0, or -1 when the user's registrations are all held (TooManySessions).
-_REGISTER = """
+_REGISTER = _NOW_MS + """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   if redis.call('HGET', KEYS[1], 'holder') == '' then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[2]), ARGV[1])
   end
 else
-  if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[4]) then
-    local oldest, oldest_ttl, count = nil, nil, 0
-    for _, connection_id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-      local holder = redis.call('HGET', ARGV[3] .. connection_id, 'holder')
-      if not holder then
-        redis.call('SREM', KEYS[2], connection_id)
-      else
-        count = count + 1
-        if holder == '' then
-          local ttl = redis.call('PTTL', ARGV[3] .. connection_id)
-          if not oldest_ttl or ttl < oldest_ttl then oldest, oldest_ttl = connection_id, ttl end
-        end
-      end
-    end
-    if count >= tonumber(ARGV[4]) then
-      if not oldest then return -1 end
-      redis.call('DEL', ARGV[3] .. oldest)
-      redis.call('SREM', KEYS[2], oldest)
-    end
+""" + _FORGET_EXPIRED + """
+  if redis.call('ZCARD', KEYS[2]) + redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[4]) then
+    local oldest = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
+    if not oldest then return -1 end
+    redis.call('DEL', ARGV[3] .. oldest)
+    redis.call('ZREM', KEYS[2], oldest)
   end
-  redis.call('HSET', KEYS[1], 'holder', '', 'mark', redis.call('GET', KEYS[3]) or '',
+  redis.call('HSET', KEYS[1], 'holder', '', 'mark', redis.call('GET', KEYS[4]) or '',
              'seen', 0)
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[2]), ARGV[1])
 end
-redis.call('SADD', KEYS[2], ARGV[1])
-if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
-end
+""" + _KEEP_INDEXES + """
 return 0
 """
 
-# KEYS: registration, user index. ARGV: sid, ttl ms.
+# KEYS: registration, unheld, held. ARGV: connectionId, ttl ms, sid.
 _CLAIM = _NOW_MS + """
 local registration = redis.call('HMGET', KEYS[1], 'holder', 'mark')
 if not registration[1] then return false end
-redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'seen', now_ms)
+redis.call('HSET', KEYS[1], 'holder', ARGV[3], 'seen', now_ms)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
-end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[3], now_ms, ARGV[1])
+""" + _KEEP_INDEXES + """
 return registration
 """
 
-# KEYS: registration, user index. ARGV: sid, message id or '', ttl ms.
+# KEYS: registration, unheld, held. ARGV: connectionId, ttl ms, sid, message id or ''.
 _CONFIRM = _NOW_MS + """
-if redis.call('HGET', KEYS[1], 'holder') ~= ARGV[1] then return 0 end
-if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'mark', ARGV[2]) end
+if redis.call('HGET', KEYS[1], 'holder') ~= ARGV[3] then return 0 end
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'mark', ARGV[4]) end
 redis.call('HSET', KEYS[1], 'seen', now_ms)
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[3]) then
-  redis.call('PEXPIRE', KEYS[2], ARGV[3])
-end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[3], now_ms, ARGV[1])
+""" + _KEEP_INDEXES + """
 return 1
 """
 
-# KEYS: registration. ARGV: sid, ttl ms.
-_RELEASE = """
-if redis.call('HGET', KEYS[1], 'holder') ~= ARGV[1] then return 0 end
+# KEYS: registration, unheld, held. ARGV: connectionId, ttl ms, sid.
+_RELEASE = _NOW_MS + """
+if redis.call('HGET', KEYS[1], 'holder') ~= ARGV[3] then return 0 end
 redis.call('HSET', KEYS[1], 'holder', '')
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[2]), ARGV[1])
+""" + _KEEP_INDEXES + """
 return 1
 """
 
-# KEYS: user index. ARGV: registration key prefix, connectionId or '' for all.
+# KEYS: unheld, held. ARGV: registration key prefix, connectionId or '' for all.
+# Revoking all of a user's registrations deletes each: as many steps as there are.
 _REVOKE = """
 local connection_ids = {ARGV[2]}
-if ARGV[2] == '' then connection_ids = redis.call('SMEMBERS', KEYS[1]) end
+if ARGV[2] == '' then
+  connection_ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+  for _, connection_id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+    table.insert(connection_ids, connection_id)
+  end
+end
 local holders = {}
 for _, connection_id in ipairs(connection_ids) do
   local key = ARGV[1] .. connection_id
   local holder = redis.call('HGET', key, 'holder')
   if holder and holder ~= '' then table.insert(holders, holder) end
   redis.call('DEL', key)
-  redis.call('SREM', KEYS[1], connection_id)
+  redis.call('ZREM', KEYS[1], connection_id)
+  redis.call('ZREM', KEYS[2], connection_id)
 end
 return holders
 """
 
-# KEYS: user index. ARGV: registration key prefix, online timeout ms.
-_SESSIONS = _NOW_MS + """
-local online, registered = 0, 0
-for _, connection_id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local registration = redis.call('HMGET', ARGV[1] .. connection_id, 'holder', 'seen')
-  if not registration[1] then
-    redis.call('SREM', KEYS[1], connection_id)
-  else
-    registered = registered + 1
-    if registration[1] ~= '' and now_ms - tonumber(registration[2]) < tonumber(ARGV[2]) then
-      online = online + 1
-    end
-  end
-end
-return {online, registered}
+# KEYS: (none), unheld, held. ARGV: online timeout ms, ttl ms.
+_SESSIONS = _NOW_MS + _FORGET_EXPIRED + """
+local online = redis.call('ZCOUNT', KEYS[3], now_ms - tonumber(ARGV[1]) + 1, '+inf')
+return {online, redis.call('ZCARD', KEYS[2]) + redis.call('ZCARD', KEYS[3])}
 """
 
-# KEYS: last id, then one history stream per target.
-# ARGV: max length, key ttl ms, payload, channel, head, then one tail per target.
+# KEYS: last id, idempotency record, then per target its history stream and its user's
+# two indexes (a user's history is kept only while the user has registrations).
+# ARGV: max length, key ttl ms, payload, channel, fingerprint ('' for no key), record ttl
+# ms, then one target (as JSON, null for a broadcast) per target.
+# Returns {'new', ids...}, {'repeated', ids...} or {'conflict'}.
 _APPEND = _NOW_MS + """
+if ARGV[5] ~= '' then
+  local record = redis.call('GET', KEYS[2])
+  if record then
+    local fingerprint, ids = string.match(record, '^(%S*) (.*)$')
+    if fingerprint ~= ARGV[5] then return {'conflict'} end
+    local found = {'repeated'}
+    for id in string.gmatch(ids, '[^,]+') do table.insert(found, id) end
+    return found
+  end
+end
 local last = redis.call('GET', KEYS[1])
 local ms, seq = now_ms, -1
 if last then
@@ -142,16 +164,23 @@ if last then
   if last_ms >= ms then ms, seq = last_ms, last_seq end
 end
 local ids = {}
-for i = 2, #KEYS do
+for i = 1, (#KEYS - 2) / 3 do
   seq = seq + 1
   local id = string.format('%d-%d', ms, seq)
-  redis.call('XADD', KEYS[i], 'MAXLEN', ARGV[1], id, 'm', ARGV[3])
-  redis.call('PEXPIRE', KEYS[i], ARGV[2])
-  redis.call('PUBLISH', ARGV[4], ARGV[5] .. id .. '","ts":' .. string.format('%d', ms)
-             .. ARGV[4 + i])
-  ids[i - 1] = id
+  local target, stream = ARGV[6 + i], KEYS[3 * i]
+  if ARGV[1] ~= '0' and (target == 'null'
+                         or redis.call('EXISTS', KEYS[3 * i + 1], KEYS[3 * i + 2]) > 0) then
+    redis.call('XADD', stream, 'MAXLEN', ARGV[1], id, 'm', ARGV[3])
+    redis.call('PEXPIRE', stream, ARGV[2])
+  end
+  redis.call('PUBLISH', ARGV[4], id .. ' ' .. target .. '\\n' .. ARGV[3])
+  ids[i] = id
 end
 redis.call('SET', KEYS[1], ids[#ids])
+if ARGV[5] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[5] .. ' ' .. table.concat(ids, ','), 'PX', ARGV[6])
+end
+table.insert(ids, 1, 'new')
 return ids
 """
 
@@ -187,15 +216,20 @@ class RedisState(State):
     local = False
     LAST_ID_KEY = 'nsio:last-id'
     BROADCAST_KEY = 'nsio:broadcast'
+    NO_IDEMPOTENCY_KEY = 'nsio:idempotency'   # declared, never written
 
     def __init__(self, config, channel=CHANNEL):
         super().__init__(config)
+        #: python-socketio's channel; ours carries the messages (fanout.py reads both).
         self.channel = channel
+        self.messages_channel = channel + ':messages'
         self.redis = redis.Redis.from_url(
-            config.redis_url, decode_responses=True, socket_timeout=5,
-            socket_connect_timeout=5, health_check_interval=30)
+            config.redis_url, decode_responses=True, socket_timeout=REDIS_TIMEOUT,
+            socket_connect_timeout=REDIS_TIMEOUT, health_check_interval=30,
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)))
         self._ttl_ms = int(self.registration_ttl * 1000)
         self._history_ms = int(self.history_ttl * 1000)
+        self._idempotency_ms = int(self.idempotency_ttl * 1000)
         self._online_ms = int(self.online_timeout * 1000)
         self._scripts = {name: self.redis.register_script(source) for name, source in (
             ('register', _REGISTER), ('claim', _CLAIM), ('confirm', _CONFIRM),
@@ -213,9 +247,17 @@ class RedisState(State):
         return cls.registration_prefix(user_id) + connection_id
 
     @staticmethod
-    def index_key(user_id):
-        """The set of a user's connectionIds."""
-        return f'nsio:regs:{user_id}'
+    def index_keys(user_id):
+        """The sorted sets of a user's connectionIds: unheld ones, and held ones."""
+        return [f'nsio:unheld:{user_id}', f'nsio:held:{user_id}']
+
+    def _registration_keys(self, user_id, connection_id):
+        return [self.registration_key(user_id, connection_id), *self.index_keys(user_id)]
+
+    @staticmethod
+    def idempotency_key(key):
+        """The record of a push made with an Idempotency-Key."""
+        return f'nsio:idempotency:{key}'
 
     @classmethod
     def history_key(cls, target):
@@ -225,18 +267,45 @@ class RedisState(State):
     def _run(self, name, keys, args):
         return self._scripts[name](keys=keys, args=args)
 
+    def _run_once(self, name, keys, args):
+        """Send a script to Redis once: nothing retries it, whatever happens.
+
+        StateUnavailable if no connection could be made (nothing was sent); OutcomeUnknown
+        if it was sent and no answer came.
+        """
+        pool = self.redis.connection_pool
+        try:
+            connection = pool.get_connection()   # connected, or it raises
+        except redis.RedisError as error:
+            self.failures += 1
+            raise StateUnavailable(f'Redis: {error}') from error
+        script = self._scripts[name]
+        try:
+            try:
+                connection.send_command('EVALSHA', script.sha, len(keys), *keys, *args)
+                return connection.read_response()
+            except redis.exceptions.NoScriptError:
+                connection.send_command('EVAL', script.script, len(keys), *keys, *args)
+                return connection.read_response()
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+            connection.disconnect()
+            self.failures += 1
+            raise OutcomeUnknown(f'Redis: {error}') from error
+        finally:
+            pool.release(connection)
+
     @_unavailable_on_error
     def register(self, user_id, connection_id):
-        if self._run('register', [self.registration_key(user_id, connection_id),
-                                  self.index_key(user_id), self.LAST_ID_KEY],
+        if self._run('register', [*self._registration_keys(user_id, connection_id),
+                                  self.LAST_ID_KEY],
                      [connection_id, self._ttl_ms, self.registration_prefix(user_id),
                       self.max_sessions]) == -1:
             raise TooManySessions()
 
     @_unavailable_on_error
     def claim(self, user_id, connection_id, sid):
-        found = self._run('claim', [self.registration_key(user_id, connection_id),
-                                    self.index_key(user_id)], [sid, self._ttl_ms])
+        found = self._run('claim', self._registration_keys(user_id, connection_id),
+                          [connection_id, self._ttl_ms, sid])
         if found is None:
             raise NotRegistered()
         previous, delivered_id = found
@@ -244,37 +313,54 @@ class RedisState(State):
 
     @_unavailable_on_error
     def confirm(self, user_id, connection_id, sid, message_id):
-        self._run('confirm', [self.registration_key(user_id, connection_id),
-                              self.index_key(user_id)], [sid, message_id or '', self._ttl_ms])
+        self._run('confirm', self._registration_keys(user_id, connection_id),
+                  [connection_id, self._ttl_ms, sid, message_id or ''])
 
     @_unavailable_on_error
     def release(self, user_id, connection_id, sid):
-        self._run('release', [self.registration_key(user_id, connection_id)],
-                  [sid, self._ttl_ms])
+        self._run('release', self._registration_keys(user_id, connection_id),
+                  [connection_id, self._ttl_ms, sid])
+
+    @_unavailable_on_error
+    def release_many(self, holds):
+        """One round trip for all of them (a pipeline), however many there are."""
+        pipeline = self.redis.pipeline(transaction=False)
+        for user_id, connection_id, sid in holds:
+            self._scripts['release'](keys=self._registration_keys(user_id, connection_id),
+                                     args=[connection_id, self._ttl_ms, sid],
+                                     client=pipeline)
+        pipeline.execute()
 
     @_unavailable_on_error
     def revoke(self, user_id, connection_id=None):
-        return self._run('revoke', [self.index_key(user_id)],
+        return self._run('revoke', self.index_keys(user_id),
                          [self.registration_prefix(user_id), connection_id or ''])
 
     @_unavailable_on_error
     def sessions(self, user_id):
-        online, registered = self._run('sessions', [self.index_key(user_id)],
-                                       [self.registration_prefix(user_id), self._online_ms])
+        online, registered = self._run('sessions', ['', *self.index_keys(user_id)],
+                                       [self._online_ms, self._ttl_ms])
         return Sessions(online=online, registered=registered)
 
-    @_unavailable_on_error
-    def append(self, targets, message):
+    def append(self, targets, message, idempotency=None):
         payload = jsoncodec.dumps(message)
-        head = ('{"method":"emit","event":"message","host_id":"%s","data":[%s,{"id":"'
-                % (DELIVERY_HOST, payload))
-        tails = ['}],"user":%s}' % json.dumps(target) for target in targets]
-        message_ids = self._run(
-            'append', [self.LAST_ID_KEY, *map(self.history_key, targets)],
+        reply = self._run_once(
+            'append', [self.LAST_ID_KEY,
+                       self.idempotency_key(idempotency.key) if idempotency
+                       else self.NO_IDEMPOTENCY_KEY,
+                       *(key for target in targets
+                         for key in (self.history_key(target),
+                                     *(self.index_keys(target) if target is not EVERYONE
+                                       else [self.BROADCAST_KEY] * 2)))],
             [self.history_size if self.history_ttl else 0,
-             max(self._history_ms, _KEY_FLOOR_MS), payload, self.channel, head, *tails])
-        return [Entry(message_id, parse_message_id(message_id)[0], message)
-                for message_id in message_ids]
+             max(self._history_ms, _KEY_FLOOR_MS), payload, self.messages_channel,
+             idempotency.fingerprint if idempotency else '', self._idempotency_ms,
+             *map(json.dumps, targets)])
+        outcome, *message_ids = reply
+        if outcome == 'conflict':
+            raise IdempotencyConflict()
+        return Appended([Entry(message_id, parse_message_id(message_id)[0], message)
+                         for message_id in message_ids], repeated=outcome == 'repeated')
 
     @_unavailable_on_error
     def history(self, user_id, after_id=None):
@@ -288,3 +374,11 @@ class RedisState(State):
 
     def close(self):
         self.redis.close()
+
+
+def decode_published(data):
+    """(target, Entry) of a message the append script published (bytes)."""
+    head, payload = data.split(b'\n', 1)
+    message_id, target = head.decode().split(' ', 1)
+    return json.loads(target), Entry(message_id, parse_message_id(message_id)[0],
+                                     jsoncodec.loads(payload))
