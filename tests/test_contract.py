@@ -1,0 +1,133 @@
+"""What the server relies on inside its libraries: a release that moves any of it fails here.
+
+setup.cfg caps each of these libraries below its next major, and constraints.txt pins the
+tested set; this module is what to run first on newer releases (`.ci/newest` does). Each
+check names the module of ours that needs it.
+"""
+import inspect
+
+import engineio
+import gevent
+import pytest
+import redis
+import socketio
+from engineio import socket as eio_socket
+from flask_socketio import SocketIO
+from gevent import pywsgi
+from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
+from gunicorn.workers.ggevent import PyWSGIHandler
+
+from conftest import TOKEN, wait_for
+from notification_socketio import create_app
+from notification_socketio.config import Config
+
+
+def has(owner, *names):
+    missing = [name for name in names if not hasattr(owner, name)]
+    assert not missing, f'{owner!r} lost {missing}'
+
+
+def parameters(function):
+    return list(inspect.signature(function).parameters)
+
+
+def test_python_engineio_socket_as_transport_extends_it():
+    # transport.py: DirectSocket subclasses python-engineio's Socket.
+    has(eio_socket.Socket, 'send', 'receive', 'poll', 'handle_post_request', 'close',
+        'schedule_ping', 'check_ping_timeout', '_websocket_handler')
+    assert parameters(eio_socket.Socket.close) == ['self', 'wait', 'abort', 'reason']
+    app = create_app(Config.for_testing())
+    eio = app.extensions['notification_socketio'].socketio.server.eio
+    has(eio, 'handlers', 'sockets', 'reason', 'on', '_trigger_event', 'ping_interval',
+        'ping_timeout', 'max_http_buffer_size', 'get_queue_empty_exception',
+        '_cors_allowed_origins')   # worker.py: the origin rule, before the handshake
+    has(eio.reason, 'TRANSPORT_ERROR', 'TRANSPORT_CLOSE', 'SERVER_DISCONNECT')
+    socket = eio_socket.Socket(eio, 'sid')
+    has(socket, 'queue', 'closed', 'closing', 'connected', 'upgraded', 'upgrading',
+        'last_ping', 'sid', 'server')
+    assert set(eio.handlers) >= {'connect', 'message'}
+    # transport.py swaps the class of each new socket as python-engineio makes it.
+    assert 'socket.Socket(self, sid)' in inspect.getsource(engineio.Server._handle_connect)
+
+
+def test_python_engineio_hands_gevent_websocket_s_connection_through():
+    # transport.py writes to the connection under `ws._sock.stream.handler.socket`.
+    from engineio.async_drivers import gevent as gevent_driver
+    source = inspect.getsource(gevent_driver)
+    assert "self._sock = environ['wsgi.websocket']" in source
+    from geventwebsocket import handler
+    from geventwebsocket.websocket import Stream
+    assert 'WebSocket(self.environ, Stream(self), self)' in inspect.getsource(handler)
+    assert 'self.handler = handler' in inspect.getsource(Stream.__init__)
+
+
+def test_python_socketio_manager_seams_that_delivery_uses():
+    # delivery.py: a Manager subclass; fanout.py: a RedisManager subclass with _listen.
+    has(socketio.Manager, 'basic_enter_room', 'basic_leave_room', 'is_connected',
+        'get_participants', 'eio_sid_from_sid', 'sid_from_eio_sid', 'initialize')
+    has(socketio.PubSubManager, '_listen', '_publish', '_thread')
+    assert 'self._listen()' in inspect.getsource(socketio.PubSubManager._thread)
+    assert {'url', 'channel', 'redis_options'} <= set(parameters(socketio.RedisManager))
+    manager = socketio.RedisManager('redis://127.0.0.1:9/0', redis_options={'a': 1})
+    assert (manager.redis_url, manager.redis_options) == ('redis://127.0.0.1:9/0', {'a': 1})
+    # Every built-in manager sends through the server this way; delivery.py too.
+    has(socketio.Server, '_send_eio_packet', '_send_packet', 'disconnect')
+    has(socketio.Server(), 'packet_class', 'eio')
+    assert '_send_eio_packet(eio_sid' in inspect.getsource(socketio.Manager.emit)
+    # attach() relies on a socket leaving `is_connected` before its disconnect handler runs.
+    source = inspect.getsource(socketio.Server._handle_disconnect)
+    assert source.index('pre_disconnect') < source.index("_trigger_event('disconnect'")
+    # events.py: reserved event names are refused before python-socketio dispatches them.
+    assert parameters(socketio.Server._handle_event) == ['self', 'eio_sid', 'namespace', 'id',
+                                                         'data']
+    has(socketio.Server, 'reserved_events')
+
+
+def test_flask_socketio_takes_our_manager():
+    app = create_app(Config.for_testing())
+    server = app.extensions['notification_socketio']
+    assert server.socketio.server.manager is server.delivery
+    assert isinstance(server.socketio, SocketIO)
+
+
+def test_gunicorn_and_gevent_handler_hooks_that_worker_py_overrides():
+    has(pywsgi.WSGIHandler, 'read_requestline', 'start_response', 'log_request')
+    assert parameters(pywsgi.WSGIHandler.__init__)[:5] == ['self', 'sock', 'address', 'server',
+                                                           'rfile']
+    has(PyWSGIHandler, 'log_request')
+    has(GeventWebSocketWorker, 'wsgi_handler', 'handle_exit')
+    has(gevent.get_hub().loop, 'timer')   # transport.py: PINGs from a loop timer
+
+
+def test_redis_connections_as_the_append_uses_them(redis_server):
+    # state/redis.py sends a push itself, never retried: a pooled connection that is
+    # connected once handed out, then one command and one answer.
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    script = client.register_script('return ARGV[1]')
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    try:
+        connection.send_command('EVALSHA', script.sha, 0, 'x')
+        with pytest.raises(redis.exceptions.NoScriptError):
+            connection.read_response()
+        connection.send_command('EVAL', script.script, 0, 'x')
+        assert connection.read_response() == 'x'
+    finally:
+        pool.release(connection)
+    client.close()
+    unreachable = redis.Redis.from_url('redis://127.0.0.1:9/0', socket_connect_timeout=1)
+    with pytest.raises(redis.ConnectionError):
+        unreachable.connection_pool.get_connection()
+
+
+def test_the_real_server_runs_every_fast_path(start_server, listeners):
+    server = start_server()
+    listener = listeners(server.url, 'websocket').connect()
+    assert listener.sio.transport() == 'websocket'
+    wait_for(lambda: server.metric('nsio_websockets_direct') == 1,
+             message='the WebSocket written directly')
+    log = server.log()
+    assert 'fast paths on: direct WebSocket writes, timer PINGs, fast push route, orjson' in log
+    assert 'fast paths on: gunicorn handler' in log
+    assert 'fast path OFF' not in log
+    assert TOKEN not in log
