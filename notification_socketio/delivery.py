@@ -235,14 +235,17 @@ class DeliveryManager(socketio.Manager):
         """Catch every local socket up with the history: the message queue was away.
 
         Call it before any message published after the queue came back is delivered:
-        from then on, live messages wait behind each socket's catch-up.
+        from then on, live messages wait behind each socket's catch-up. Returns the
+        catch-up greenlets it started.
         """
+        catch_ups = []
         for sid, holder in self.holders.items():
             if holder.replaying:
                 holder.history_stale = True
             else:
                 holder.replaying = True
-                gevent.spawn(self._catch_up, sid, holder)
+                catch_ups.append(gevent.spawn(self._catch_up, sid, holder))
+        return catch_ups
 
     def _catch_up(self, sid, holder):
         delay = 0.1

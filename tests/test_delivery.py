@@ -220,9 +220,9 @@ def test_a_message_held_back_during_a_catch_up_with_nothing_to_replay_is_sent(
     assert rest.put('/api/u/register?connectionId=tab', headers=auth()).status_code == 200
     client = socket_client()
     assert client.emit('register', 'u', 'tab', callback=True) == {'ok': True}
-    server.delivery.resync()   # as after a resubscription: every socket catches up
+    catch_ups = server.delivery.resync()   # as after a resubscription
     live = Entry('9999999999999-0', 9999999999999, 'published while catching up')
     server.delivery.deliver('u', live)   # held back: the catch-up has not run yet
-    gevent.sleep(0.05)   # let the catch-up greenlet run
+    assert gevent.joinall(catch_ups, timeout=10) == catch_ups
     assert [event['args'] for event in client.get_received()] == [
         'published while catching up']

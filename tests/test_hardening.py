@@ -157,22 +157,23 @@ def crowds(js_modules):
         crowd.kill()
 
 
-CYCLES, SETTLED_AFTER = 20_000, 2_000
+SETTLED_AFTER = 2_000
 
 
+@pytest.mark.parametrize('cycles', [6_000, pytest.param(20_000, marks=pytest.mark.slow)])
 def test_churn_leaves_no_socket_room_or_registration_behind_and_memory_flat(
-        start_server, crowds):
+        start_server, crowds, cycles):
     # Short lifetimes so that what a cycle rightly leaves (a registration for reconnects,
     # the user's history) goes within seconds and cannot pass for a leak.
     server = start_server(env={'REGISTRATION_TTL': '1', 'HISTORY_TTL': '1'})
-    crowd = crowds(mode='churn', url=server.url, cycles=CYCLES, checkpoint=SETTLED_AFTER,
+    crowd = crowds(mode='churn', url=server.url, cycles=cycles, checkpoint=SETTLED_AFTER,
                    concurrency=20, users=1000)
     assert crowd.next_line(timeout=300) == {'checkpoint': SETTLED_AFTER}
     settled = server.rss_kib()
     crowd.go_on()
-    assert crowd.next_line(timeout=900)['cycles'] == CYCLES
+    assert crowd.next_line(timeout=900)['cycles'] == cycles
     after = server.rss_kib()
-    figures = f'{settled} KiB after {SETTLED_AFTER} cycles, {after} KiB after {CYCLES}'
+    figures = f'{settled} KiB after {SETTLED_AFTER} cycles, {after} KiB after {cycles}'
     print('churn:', figures)
     assert after <= settled * 1.10, figures
 
@@ -185,13 +186,14 @@ def test_churn_leaves_no_socket_room_or_registration_behind_and_memory_flat(
         timeout=15, message='registrations expired')
 
 
+@pytest.mark.parametrize('sessions', [500, pytest.param(2_000, marks=pytest.mark.slow)])
 def test_thousands_of_idle_connections_are_all_kept_over_many_ping_intervals(
-        start_server, crowds):
+        start_server, crowds, sessions):
     server = start_server(env=FAST_HEARTBEAT)   # a ping every second
-    crowd = crowds(mode='idle', url=server.url, sessions=2000, holdSeconds=8)
-    assert crowd.next_line(timeout=300) == {'opened': 2000}
-    assert server.metric('nsio_registrations_held') == 2000
-    assert crowd.next_line(timeout=60) == {'connected': 2000, 'disconnects': 0}
+    crowd = crowds(mode='idle', url=server.url, sessions=sessions, holdSeconds=8)
+    assert crowd.next_line(timeout=300) == {'opened': sessions}
+    assert server.metric('nsio_registrations_held') == sessions
+    assert crowd.next_line(timeout=60) == {'connected': sessions, 'disconnects': 0}
 
 
 @pytest.mark.parametrize('transport', ['websocket', 'polling'])

@@ -289,13 +289,13 @@ def test_revoking_all_registrations_of_a_user(state):
 
 
 def test_redis_counts_a_holder_that_stopped_answering_as_offline(redis_server):
-    config = Config.for_testing(redis_url=redis_server.url, ping_interval=0.1,
-                                ping_timeout=0.1)
+    config = Config.for_testing(redis_url=redis_server.url, ping_interval=0.5,
+                                ping_timeout=0.5)
     state = RedisState(config)
     state.register('u1', 'c1')
     state.claim('u1', 'c1', 'sid-of-a-killed-process')
     assert state.sessions('u1') == Sessions(online=1, registered=1)
-    time.sleep(0.5)   # two heartbeats and their timeouts, unanswered
+    time.sleep(2.2)   # two heartbeats and their timeouts, unanswered
     assert state.sessions('u1') == Sessions(online=0, registered=1)
     state.confirm('u1', 'c1', 'sid-of-a-killed-process', None)
     assert state.sessions('u1') == Sessions(online=1, registered=1)
