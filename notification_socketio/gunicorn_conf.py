@@ -5,6 +5,7 @@ Command-line flags still win over these, as usual with gunicorn.
 import sys
 
 from notification_socketio.config import Config, ConfigError
+from notification_socketio.logs import gunicorn_logger
 
 try:
     _config = Config.from_env()
@@ -27,21 +28,9 @@ keepalive = 75
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms'
 errorlog = '-'
 loglevel = 'info'
-# gunicorn's own lines in the server's format too (logs.py): JSON objects, or text lines
-# whose control characters are escaped (a request path can hold a newline).
-_formatter = 'JsonFormatter' if _config.log_format == 'json' else 'TextFormatter'
-logconfig_dict = {
-    'version': 1,
-    'disable_existing_loggers': False,
-    'formatters': {'server': {'()': f'notification_socketio.logs.{_formatter}'}},
-    'handlers': {'stderr': {'class': 'logging.StreamHandler', 'formatter': 'server',
-                            'stream': 'ext://sys.stderr'}},
-    'root': {'handlers': ['stderr'], 'level': 'WARNING'},
-    'loggers': {'gunicorn.error': {'handlers': ['stderr'], 'level': 'INFO',
-                                   'propagate': False},
-                'gunicorn.access': {'handlers': ['stderr'], 'level': 'INFO',
-                                    'propagate': False}},
-}
+# gunicorn's own lines in the server's format (logs.py); its access log stays off unless
+# --access-logfile asks for it.
+logger_class = gunicorn_logger(_config.log_format)
 # gunicorn 27 shares one control socket among every gunicorn on the host, and stopping
 # one deletes it for the others; a push server needs none.
 control_socket_disable = True

@@ -49,6 +49,29 @@ def configure_logging(config):
         logger.addHandler(handler)
         logger.propagate = False
     handler = next(h for h in logger.handlers if getattr(h, '_notification_socketio', False))
-    handler.setFormatter(JsonFormatter() if config.log_format == 'json' else TextFormatter())
+    handler.setFormatter(formatter(config.log_format))
     # gevent-websocket logs every request line, query string (connectionId) included.
     logging.getLogger('geventwebsocket.handler').setLevel(logging.WARNING)
+
+
+def formatter(log_format):
+    """The formatter of LOG_FORMAT `log_format`: 'json' or 'text'."""
+    return JsonFormatter() if log_format == 'json' else TextFormatter()
+
+
+def gunicorn_logger(log_format):
+    """gunicorn's logger class (its `logger_class` setting), writing in `log_format`.
+
+    Only the formatters change: gunicorn still decides where its lines go, and writes
+    access lines only when --access-logfile asks for them.
+    """
+    from gunicorn.glogging import Logger
+
+    class GunicornLogger(Logger):
+        def setup(self, cfg):
+            super().setup(cfg)
+            for logger in (self.error_log, self.access_log):
+                for handler in logger.handlers:
+                    handler.setFormatter(formatter(log_format))
+
+    return GunicornLogger

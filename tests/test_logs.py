@@ -1,6 +1,8 @@
 """Log lines: one event a line, whatever the ids that clients and backends choose."""
 import logging
 
+import pytest
+
 from conftest import TOKEN, wait_for
 from notification_socketio.config import Config
 from notification_socketio.logs import configure_logging
@@ -44,3 +46,14 @@ def test_a_user_id_cannot_forge_a_line_in_the_real_server_log(start_server):
     escaped = [line for line in lines if '\\n2026-01-01' in line]
     assert {line.split()[3] for line in escaped} == {'notification_socketio.api:',
                                                       'gunicorn.access:'}
+
+
+@pytest.mark.parametrize('log_format', ['text', 'json'])
+def test_no_access_lines_unless_asked_for(start_server, log_format):
+    # One line per request costs a write per push: off unless --access-logfile.
+    server = start_server(env={'LOG_FORMAT': log_format})
+    assert server.push('someone', 'hello').status_code == 200
+    assert requests.get(server.url + '/api/status/info', timeout=10).status_code == 200
+    log = server.log()
+    assert 'Booting worker' in log
+    assert '/api/status/info' not in log and 'gunicorn.access' not in log
