@@ -14,13 +14,17 @@ from .validation import InvalidInput
 
 log = logging.getLogger(__name__)
 
-UNAVAILABLE = ('the server cannot reach its shared state (Redis) right now; nothing was '
-               'done, retry')
-OUTCOME_UNKNOWN = ('the shared state (Redis) did not answer in time: the outcome is '
-                   'unknown, the push may or may not have been made. Retry with the same '
-                   'Idempotency-Key to be sure; a retry without one may send it twice')
-IDEMPOTENCY_CONFLICT = ('this Idempotency-Key was used with another request; a key '
-                        'names one push, repeated with the same body')
+#: What the state says of a call, as the backend is told: (status, error).
+STATE_FAILURES = {
+    StateUnavailable: (503, 'the server cannot reach its shared state (Redis) right now; '
+                            'nothing was done, retry'),
+    OutcomeUnknown: (504, 'the shared state (Redis) did not answer in time: the outcome is '
+                          'unknown, the push may or may not have been made. Retry with the '
+                          'same Idempotency-Key to be sure; a retry without one may send '
+                          'it twice'),
+    IdempotencyConflict: (409, 'this Idempotency-Key was used with another request; a key '
+                               'names one push, repeated with the same body'),
+}
 _HTTP_ERRORS = {
     404: 'no such route',
     405: 'method not allowed on this route',
@@ -45,9 +49,14 @@ def init_app(app):
     def _invalid_input(error):
         return error_response(400, str(error))
 
-    @app.errorhandler(IdempotencyConflict)
-    def _idempotency_conflict(_error):
-        return error_response(409, IDEMPOTENCY_CONFLICT)
+    def _state_failure(error):
+        status, message = STATE_FAILURES[type(error)]
+        if status != 409:
+            log.warning('%s %s: %s', request.method, request.path, error)
+        return error_response(status, message)
+
+    for failure in STATE_FAILURES:
+        app.register_error_handler(failure, _state_failure)
 
     @app.errorhandler(TooManySessions)
     def _too_many_sessions(_error):
@@ -55,16 +64,6 @@ def init_app(app):
         return error_response(429, f'this user already has {limit} registrations, all '
                                    'held by live sockets (MAX_SESSIONS_PER_USER); revoke '
                                    'one first')
-
-    @app.errorhandler(StateUnavailable)
-    def _state_unavailable(error):
-        log.warning('%s %s: %s', request.method, request.path, error)
-        return error_response(503, UNAVAILABLE)
-
-    @app.errorhandler(OutcomeUnknown)
-    def _outcome_unknown(error):
-        log.warning('%s %s: outcome unknown: %s', request.method, request.path, error)
-        return error_response(504, OUTCOME_UNKNOWN)
 
     @app.errorhandler(HTTPException)
     def _http_error(error):

@@ -10,13 +10,13 @@ the push itself (503, 504, 409) as the route does: once a push was handed to the
 nothing pushes it again. Any other request, and any doubt before that (another content
 type, a bad token, a bad body or key), is handed to Flask untouched, which answers it.
 """
+import http
 import io
 import logging
 import time
 
 from . import errors, jsoncodec
 from .metrics import PUSH_ROUTES, outcome_of
-from .state import IdempotencyConflict, OutcomeUnknown, StateUnavailable
 from .validation import (InvalidInput, check_id, idempotency_of, message_of, parse_json,
                          token_matches)
 
@@ -24,11 +24,6 @@ log = logging.getLogger(__name__)
 _PREFIX, _SUFFIX = '/api/', '/push'
 _HEADERS = [('Content-Type', 'application/json')]
 _REPLAYED = [*_HEADERS, ('Idempotent-Replayed', 'true')]
-_FAILURES = {
-    StateUnavailable: ('503 SERVICE UNAVAILABLE', errors.UNAVAILABLE),
-    OutcomeUnknown: ('504 GATEWAY TIMEOUT', errors.OUTCOME_UNKNOWN),
-    IdempotencyConflict: ('409 CONFLICT', errors.IDEMPOTENCY_CONFLICT),
-}
 
 
 class FastPush:
@@ -64,11 +59,13 @@ class FastPush:
             if request is None:
                 return None
             appended = self.server.delivery.push(*request)
-        except tuple(_FAILURES) as error:
-            status, message = _FAILURES[type(error)]
-            log.warning('POST %s: %s', environ.get('PATH_INFO'), error or type(error).__name__)
-            self.metrics.pushes.labels(self.route, outcome_of(int(status[:3]))).inc()
-            return status, _HEADERS, errors.error_body(message)
+        except tuple(errors.STATE_FAILURES) as error:
+            status, message = errors.STATE_FAILURES[type(error)]
+            if status != 409:
+                log.warning('POST %s: %s', environ.get('PATH_INFO'), error)
+            self.metrics.pushes.labels(self.route, outcome_of(status)).inc()
+            return (f'{status} {http.HTTPStatus(status).phrase}', _HEADERS,
+                    errors.error_body(message))
         except Exception:
             log.exception('unexpected error on POST %s', environ.get('PATH_INFO'))
             self.failed.inc()
