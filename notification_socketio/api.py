@@ -10,7 +10,7 @@ from .delivery import redact
 from .errors import error_response
 from .state import EVERYONE
 from .validation import (IDEMPOTENCY_HEADER, NO_MESSAGE, InvalidInput, check_id,
-                         idempotency_of, message_of, parse_json, token_matches)
+                         idempotency_of, message_of, parse_form, parse_json, token_matches)
 
 bp = Blueprint('api', __name__, url_prefix='/api')
 log = logging.getLogger(__name__)
@@ -142,8 +142,9 @@ def _read_message():
     """The `message` of a JSON or form-encoded body."""
     if request.mimetype == 'application/x-www-form-urlencoded':
         body = request.get_data()
-        if 'message' in request.form:
-            return request.form['message']
+        form = parse_form(body)
+        if 'message' in form:
+            return form['message']
         # `curl -d '{"message": ...}'` sends JSON labelled as a form.
         try:
             return message_of(parse_json(body))

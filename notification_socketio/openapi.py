@@ -57,6 +57,10 @@ _MESSAGE_BODY = {
             'properties': {'message': _ANY_JSON_BUT_NULL}}},
         'application/x-www-form-urlencoded': {'schema': {
             'type': 'object', 'required': ['message'],
+            'description': 'Read as the original read it (the qs syntax): message=<text> '
+                           'is that string; message[title]=Hi&message[tags][]=a is an '
+                           'object holding a list. At most 10 levels, 1,000 parameters, '
+                           '100 list items.',
             'properties': {'message': {'type': 'string'}}}},
     },
 }

@@ -3,6 +3,8 @@ events."""
 import hashlib
 import hmac
 
+import qs_codec
+
 from . import jsoncodec
 from .state import Idempotency
 
@@ -34,6 +36,25 @@ def parse_json(body):
         raise InvalidInput(str(error)) from None
     except (ValueError, RecursionError):
         raise InvalidInput('the body is not valid JSON') from None
+
+
+#: Form bodies are read as the original's body-parser read them (`extended`: the qs
+#: syntax), within limits that suit a push: nesting, parameters, list items.
+FORM_LIMITS = {'depth': 10, 'parameter_limit': 1000, 'list_limit': 100}
+_FORM_OPTIONS = qs_codec.DecodeOptions(**FORM_LIMITS, strict_depth=True,
+                                       raise_on_limit_exceeded=True)
+
+
+def parse_form(body):
+    """Decode a form body (`message[title]=Hi&message[tags][]=a`), or raise InvalidInput."""
+    try:
+        return qs_codec.decode(body.decode('utf-8'), _FORM_OPTIONS)
+    except UnicodeDecodeError:
+        raise InvalidInput('the form body is not UTF-8') from None
+    except (ValueError, IndexError) as error:   # a limit: depth, parameters, list items
+        raise InvalidInput(f'the form body is over a limit ({error}); limits: depth '
+                           f'{FORM_LIMITS["depth"]}, {FORM_LIMITS["parameter_limit"]} '
+                           f'parameters, {FORM_LIMITS["list_limit"]} list items') from None
 
 
 NO_MESSAGE = ('the body must be JSON with a "message" field, like {"message": ...}, '

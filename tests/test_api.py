@@ -379,3 +379,40 @@ def test_a_malformed_idempotency_key_is_refused(rest, key):
     response = rest.post('/api/u1/push', json={'message': 1},
                          headers={**auth(), 'Idempotency-Key': key.encode().decode('latin-1')})
     assert response.status_code == 400 and 'Idempotency-Key' in response.json['error']
+
+
+@pytest.mark.parametrize('body, message', [
+    ('message=Build+finished', 'Build finished'),
+    ('message=%C3%A9%E4%B8%96%F0%9F%9A%80', 'é世🚀'),
+    ('message=', ''),
+    # The original's body-parser (`extended`, the qs syntax), as PHP's http_build_query
+    # and Rails-style form helpers write it:
+    ('message[title]=Hi&message[tags][]=a&message[tags][]=b',
+     {'title': 'Hi', 'tags': ['a', 'b']}),
+    ('message%5Btitle%5D=Hi&message%5Burl%5D=%2Fbuilds%2F7', {'title': 'Hi', 'url': '/builds/7'}),
+    ('message[0]=a&message[1]=b', ['a', 'b']),
+    ('message=a&message=b', ['a', 'b']),
+    ('message[a][b][c]=deep', {'a': {'b': {'c': 'deep'}}}),
+])
+def test_push_reads_form_bodies_as_the_original_did(rest, socket_client, body, message):
+    rest.put('/api/u1/register?connectionId=c1', headers=auth())
+    client = socket_client()
+    client.emit('register', 'u1', 'c1', callback=True)
+    response = rest.post('/api/u1/push', data=body, headers={
+        **auth(), 'Content-Type': 'application/x-www-form-urlencoded'})
+    assert response.status_code == 200, response.json
+    [event] = client.get_received()
+    assert event['args'] == message
+
+
+@pytest.mark.parametrize('body, limit', [
+    ('message' + '[a]' * 11 + '=1', 'depth'),
+    ('&'.join(f'message[{n}]=x' for n in range(101)), 'List limit'),
+    ('&'.join(f'field{n}=x' for n in range(1001)) + '&message=x', 'Parameter limit'),
+    (b'message=\xff', 'UTF-8'),
+])
+def test_form_bodies_over_a_limit_are_refused(rest, body, limit):
+    response = rest.post('/api/u1/push', data=body, headers={
+        **auth(), 'Content-Type': 'application/x-www-form-urlencoded'})
+    assert response.status_code == 400
+    assert limit in response.json['error']
