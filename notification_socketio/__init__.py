@@ -27,6 +27,7 @@ def create_app(config=None):
     from . import api, console, errors, events, jsoncodec, metrics, openapi, transport
     from .config import Config
     from .delivery import DeliveryManager
+    from .engineio_front import EngineIOFront
     from .fastpush import FastPush
     from .logs import configure_logging
     from .state import create_state
@@ -74,7 +75,7 @@ def create_app(config=None):
         config=config, state=state, delivery=manager, socketio=socketio,
         metrics=server_metrics)
     server_metrics.watch(server)
-    app.wsgi_app = FastPush(app.wsgi_app, server)
+    app.wsgi_app = FastPush(EngineIOFront(app.wsgi_app), server)
     logging.getLogger(__name__).info(
         'fast paths on: %s', ', '.join([*transport.fast_paths(socketio.server.eio),
                                         'fast push route', 'orjson']))

@@ -116,12 +116,20 @@ def install(eio, hooks):
     """Make every new Engine.IO socket of server `eio` a DirectSocket reporting to `hooks`.
 
     A Socket.IO packet that cannot be decoded drops its socket with one log line, where
-    python-socketio would log a traceback per packet and keep the socket.
+    python-socketio would log a traceback per packet and keep the socket. The server has
+    one namespace, "/": a CONNECT to any other gets the protocol's CONNECT_ERROR.
     """
     eio.nsio_hooks = hooks
     on_message = eio.handlers['message']
 
     def message(sid, data):
+        namespace = data[1:].split(',', 1)[0] if isinstance(data, str) and \
+            data.startswith('0/') else '/'
+        if namespace != '/':
+            # A Socket.IO CONNECT to a namespace other than "/": the protocol's error
+            # object, where python-socketio would send a bare string.
+            eio.send(sid, '4%s,{"message":"Invalid namespace"}' % namespace)
+            return None
         try:
             return on_message(sid, data)
         except _MALFORMED as error:
@@ -188,9 +196,20 @@ class DirectSocket(eio_socket.Socket):
 
     def poll(self):
         """Wait for packets to send on long-polling (python-engineio's), counting them out."""
-        packets = super().poll()
+        packets = [self._exact_handshake(pkt) for pkt in super().poll()]
         self.queued_bytes = max(self.queued_bytes - sum(map(_size, packets)), 0)
         return packets
+
+    def _exact_handshake(self, pkt):
+        """The handshake with pingInterval in milliseconds, as the protocol has it.
+
+        python-engineio truncates the interval to whole seconds first, so PING_INTERVAL=0.3
+        was advertised as 0 and a client would ping (Engine.IO 3) or time out too early.
+        """
+        if pkt.packet_type == eio_packet.OPEN and isinstance(pkt.data, dict):
+            pkt.data['pingInterval'] = round(1000 * (
+                self.server.ping_interval + self.server.ping_interval_grace_period))
+        return pkt
 
     def waiting_bytes(self):
         """What was sent and waits for the client (not counting the kernel's buffer)."""
@@ -403,4 +422,4 @@ class DirectSocket(eio_socket.Socket):
             self.queue.task_done()
             if pkt is None:
                 return
-            self._write(frame(pkt))
+            self._write(frame(self._exact_handshake(pkt)))

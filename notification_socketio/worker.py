@@ -8,10 +8,13 @@ in `access_log_format` (no query string: it carries connectionIds); nothing othe
 import contextlib
 import socket
 import weakref
+from urllib.parse import parse_qs
 
 from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
 from geventwebsocket.handler import WebSocketHandler
 from gunicorn.workers.ggevent import PyWSGIHandler
+
+from .engineio_front import ENGINEIO_PATH
 
 
 #: Read buffer per connection. pywsgi's default (8 KiB) stays allocated for the whole life
@@ -49,9 +52,13 @@ class Handler(WebSocketHandler, PyWSGIHandler):
             self._idle.discard(self)
 
     def start_response(self, status, headers, exc_info=None):
-        if self.draining and not str(status).startswith('101'):
+        # A client that asked for `Connection: close` is told so, or it may reuse the
+        # connection that this end is closing (node-fetch's "socket hang up").
+        asked = self.environ.get('HTTP_CONNECTION', '').lower() == 'close'
+        if (self.draining or asked) and not str(status).startswith('101'):
             self.close_connection = True
-            headers = [*headers, ('Connection', 'close')]
+            if not any(name.lower() == 'connection' for name, _ in headers):
+                headers = [*headers, ('Connection', 'close')]
         return super().start_response(status, headers, exc_info)
 
     def __init__(self, sock, address, server, rfile=None):
@@ -64,6 +71,10 @@ class Handler(WebSocketHandler, PyWSGIHandler):
         Refused before the handshake, python-engineio's 400 reaches the browser, which
         gives up at once; after it, the browser would wait for its connect timeout.
         """
+        query = parse_qs(self.environ.get('QUERY_STRING', ''))
+        if self.environ.get('PATH_INFO', '').startswith(ENGINEIO_PATH) and \
+                query.get('transport') != ['websocket']:
+            return None   # no Engine.IO WebSocket: refused by Engine.IO, before any upgrade
         origin = self.environ.get('HTTP_ORIGIN')
         server = getattr(self.application, 'extensions', {}).get('notification_socketio')
         if origin and server is not None:

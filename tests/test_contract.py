@@ -38,8 +38,9 @@ def test_python_engineio_socket_as_transport_extends_it():
     assert parameters(eio_socket.Socket.close) == ['self', 'wait', 'abort', 'reason']
     app = create_app(Config.for_testing())
     eio = app.extensions['notification_socketio'].socketio.server.eio
-    has(eio, 'handlers', 'sockets', 'reason', 'on', '_trigger_event', 'ping_interval',
-        'ping_timeout', 'max_http_buffer_size', 'get_queue_empty_exception',
+    has(eio, 'handlers', 'sockets', 'reason', 'on', 'send', '_trigger_event', 'ping_interval',
+        'ping_interval_grace_period', 'ping_timeout', 'max_http_buffer_size',
+        'get_queue_empty_exception',
         '_cors_allowed_origins')   # worker.py: the origin rule, before the handshake
     has(eio.reason, 'TRANSPORT_ERROR', 'TRANSPORT_CLOSE', 'SERVER_DISCONNECT')
     socket = eio_socket.Socket(eio, 'sid')

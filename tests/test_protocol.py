@@ -1,0 +1,146 @@
+"""The Engine.IO and Socket.IO protocols as a client sees them on the wire, case by case.
+
+The cases of the Socket.IO project's protocol test suite (socketio/socket.io-protocol,
+`test-suite/`) that hold for any server, written again here against the real server with
+its heartbeat at 300 ms / 200 ms, as that suite runs.
+"""
+import json
+import socket
+
+import pytest
+import requests
+import websocket
+
+from conftest import wait_for
+
+PING = {'PING_INTERVAL': '0.3', 'PING_TIMEOUT': '0.2'}
+
+
+@pytest.fixture(scope='module')
+def server():
+    from conftest import ServerProcess
+    process = ServerProcess(env=PING).start()
+    yield process
+    process.stop()
+
+
+def handshake(body):
+    assert body[0] == '0', body
+    return json.loads(body[1:])
+
+
+def ws(server, query='EIO=4&transport=websocket'):
+    return websocket.create_connection(
+        server.url.replace('http', 'ws') + '/socket.io/?' + query, timeout=10)
+
+
+def test_a_long_polling_session_opens_with_the_exact_heartbeat(server):
+    response = requests.get(server.url + '/socket.io/?EIO=4&transport=polling', timeout=10)
+    assert response.status_code == 200
+    opened = handshake(response.text)
+    assert set(opened) == {'sid', 'upgrades', 'pingInterval', 'pingTimeout', 'maxPayload'}
+    assert (opened['upgrades'], opened['pingInterval'], opened['pingTimeout']) == (
+        ['websocket'], 300, 200)
+
+
+def test_a_websocket_session_opens_with_the_exact_heartbeat(server):
+    connection = ws(server)
+    try:
+        opened = handshake(connection.recv())
+        assert (opened['upgrades'], opened['pingInterval']) == ([], 300)
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize('method, query', [
+    ('GET', 'transport=polling'), ('GET', 'EIO=abc&transport=polling'),
+    ('GET', 'EIO=4'), ('GET', 'EIO=4&transport=abc'),
+    ('POST', 'EIO=4&transport=polling'), ('PUT', 'EIO=4&transport=polling'),
+    ('DELETE', 'EIO=4&transport=polling'),
+])
+def test_what_is_no_engineio_handshake_is_a_400(server, method, query):
+    response = requests.request(method, f'{server.url}/socket.io/?{query}', timeout=10)
+    assert response.status_code == 400, (method, query, response.text)
+
+
+@pytest.mark.parametrize('query', ['EIO=4', 'EIO=4&transport=abc'])
+def test_a_websocket_without_a_valid_transport_is_refused(server, query):
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        ws(server, query)
+    assert refused.value.status_code == 400
+
+
+def test_long_polling_pings_and_times_out_without_pongs(server):
+    sid = handshake(requests.get(server.url + '/socket.io/?EIO=4&transport=polling',
+                                 timeout=10).text)['sid']
+    url = f'{server.url}/socket.io/?EIO=4&transport=polling&sid={sid}'
+    assert requests.get(url, timeout=10).text == '2'   # PING after the interval
+    assert requests.post(url, data='3', timeout=10).text == 'OK'   # PONG
+    assert requests.get(url, timeout=10).text == '2'
+    # No PONG this time: the session ends after the timeout.
+    wait_for(lambda: requests.get(url, timeout=10).status_code == 400, timeout=10,
+             message='the session to close')
+
+
+def test_websocket_pings_and_times_out_without_pongs(server):
+    connection = ws(server)
+    try:
+        handshake(connection.recv())
+        assert connection.recv() == '2'
+        connection.send('3')
+        assert connection.recv() == '2'
+        # No PONG: the server closes the session (a CLOSE packet, then the connection).
+        frames = []
+        try:
+            while (frame := connection.recv()) and frame != '1':
+                frames.append(frame)
+        except (websocket.WebSocketConnectionClosedException, OSError):
+            pass
+        assert set(frames) <= {'2'}
+    finally:
+        connection.close()
+
+
+def test_a_request_asking_to_close_the_connection_is_told_it_is_closed(server):
+    # Clients that pool connections (node-fetch) otherwise reuse one that this end closes.
+    with socket.create_connection(('127.0.0.1', server.port), timeout=10) as raw:
+        raw.sendall(b'GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\n'
+                    b'Host: x\r\nConnection: close\r\n\r\n')
+        answer = b''
+        while chunk := raw.recv(65536):
+            answer += chunk
+    head = answer.split(b'\r\n\r\n', 1)[0].lower()
+    assert head.startswith(b'http/1.1 200') and b'\r\nconnection: close' in head
+
+
+def test_the_main_namespace_connects_and_another_gets_the_protocol_s_error(server):
+    connection = ws(server)
+    try:
+        handshake(connection.recv())
+        connection.send('40/random,')
+        assert connection.recv() == '44/random,{"message":"Invalid namespace"}'
+        connection.send('40')
+        connected = connection.recv()
+        assert connected.startswith('40{') and 'sid' in json.loads(connected[2:])
+    finally:
+        connection.close()
+
+
+def test_a_long_polling_session_upgrades_to_websocket(server):
+    sid = handshake(requests.get(server.url + '/socket.io/?EIO=4&transport=polling',
+                                 timeout=10).text)['sid']
+    connection = ws(server, f'EIO=4&transport=websocket&sid={sid}')
+    try:
+        connection.send('2probe')
+        assert connection.recv() == '3probe'
+        connection.send('5')   # UPGRADE
+        connection.send('40')
+        # The NOOP that ends a pending poll, PINGs, then the CONNECT's answer.
+        while (frame := connection.recv()) in ('6', '2'):
+            pass
+        assert frame.startswith('40{')
+        polling = requests.get(f'{server.url}/socket.io/?EIO=4&transport=polling&sid={sid}',
+                               timeout=10)
+        assert polling.status_code == 400   # HTTP requests of an upgraded session
+    finally:
+        connection.close()
