@@ -75,7 +75,7 @@ def create_app(config=None):
         config=config, state=state, delivery=manager, socketio=socketio,
         metrics=server_metrics)
     server_metrics.watch(server)
-    app.wsgi_app = FastPush(EngineIOFront(app.wsgi_app), server)
+    app.wsgi_app = FastPush(EngineIOFront(app.wsgi_app, config), server)
     logging.getLogger(__name__).info(
         'fast paths on: %s', ', '.join([*transport.fast_paths(socketio.server.eio),
                                         'fast push route', 'orjson']))

@@ -8,9 +8,14 @@ class ConfigError(ValueError):
     """A setting is missing or wrong; the message is one line for the operator."""
 
 
-#: The official build of the socket.io client that /console loads, and its SRI hash (the
-#: sha384 of the same file in the npm package; tests/test_browser.py checks the two agree).
-DEFAULT_CLIENT_URL = 'https://cdn.socket.io/4.8.1/socket.io.min.js'
+#: The socket.io client of the protocol this server speaks: served at /socket.io/ from
+#: SOCKETIO_CLIENT_DIR, or its official build on the CDN. /console loads it from the CDN
+#: with its SRI hash (the sha384 of the same file in the npm package; tests/test_browser.py
+#: checks the two agree) unless a local copy is served.
+CLIENT_VERSION = '4.8.1'
+CLIENT_CDN = f'https://cdn.socket.io/{CLIENT_VERSION}/'
+LOCAL_CLIENT_URL = '/socket.io/socket.io.min.js'
+DEFAULT_CLIENT_URL = CLIENT_CDN + 'socket.io.min.js'
 DEFAULT_CLIENT_INTEGRITY = 'sha384-mkQ3/7FUtcGyoppY6bz/PORYoGqOl7/aSUMn2ymDOJcapfS6PHqxhRTMh1RR0Q6+'
 
 
@@ -31,6 +36,8 @@ class Config:
     console: bool = True
     socketio_client_url: str = DEFAULT_CLIENT_URL
     socketio_client_integrity: str = DEFAULT_CLIENT_INTEGRITY
+    serve_client: bool = True
+    socketio_client_dir: str = None
     ping_interval: float = 25.0
     ping_timeout: float = 20.0
     max_sessions_per_user: int = 10000
@@ -60,6 +67,8 @@ class Config:
             log_format=_choice(env, 'LOG_FORMAT', 'text', ('text', 'json')),
             console=_choice(env, 'CONSOLE', '1', ('0', '1')) == '1',
             **_client_script(env),
+            serve_client=_choice(env, 'SERVE_CLIENT', '1', ('0', '1')) == '1',
+            socketio_client_dir=_client_dir(env.get('SOCKETIO_CLIENT_DIR', '').strip()),
             ping_interval=_float(env, 'PING_INTERVAL', 25.0),
             ping_timeout=_float(env, 'PING_TIMEOUT', 20.0),
             max_sessions_per_user=_int(env, 'MAX_SESSIONS_PER_USER', 10000, low=1),
@@ -126,12 +135,29 @@ def _origins(raw):
     return origins
 
 
+def _client_dir(path):
+    """A folder holding the socket.io client's browser builds (socket.io-client's dist/)."""
+    if not path:
+        return None
+    for name in ('socket.io.js', 'socket.io.min.js'):
+        if not os.path.isfile(os.path.join(path, name)):
+            raise ConfigError(f'SOCKETIO_CLIENT_DIR must be a folder holding the socket.io '
+                              f'client\'s builds (socket.io-client/dist); {name} is not in '
+                              f'{path!r}')
+    return path
+
+
 def _client_script(env):
     """Where /console loads socket.io from, and the SRI hash the browser checks it against.
 
-    A URL of one's own comes with `SOCKETIO_CLIENT_INTEGRITY` (sha256/384/512-...) or none.
+    By default the server's own copy, when SOCKETIO_CLIENT_DIR gives one, else the
+    official build on the CDN with its hash. A URL of one's own comes with
+    `SOCKETIO_CLIENT_INTEGRITY` (sha256/384/512-...) or none.
     """
-    url = env.get('SOCKETIO_CLIENT_URL', '').strip() or DEFAULT_CLIENT_URL
+    local = env.get('SOCKETIO_CLIENT_DIR', '').strip() and \
+        env.get('SERVE_CLIENT', '1').strip() != '0'
+    url = env.get('SOCKETIO_CLIENT_URL', '').strip() or (
+        LOCAL_CLIENT_URL if local else DEFAULT_CLIENT_URL)
     integrity = env.get('SOCKETIO_CLIENT_INTEGRITY', '').strip()
     if url == DEFAULT_CLIENT_URL:
         integrity = integrity or DEFAULT_CLIENT_INTEGRITY

@@ -1,31 +1,82 @@
-"""What stands at /socket.io/ in front of python-engineio: protocol checks it leaves out.
+"""What stands at /socket.io/ in front of python-engineio.
 
-The Engine.IO protocol refuses, with 400, a handshake without a `transport` (python-engineio
-takes it for polling) and a request with any method but GET and POST (python-engineio
-answers 405, or 400 only for a POST). Everything else goes on to python-engineio as is.
+- The socket.io client, at the path where the original's Socket.IO served it
+  (`/socket.io/socket.io.js`, `.min.js`, their `.map`s, the esm and msgpack builds), so
+  that pages written for the original load it from the server, unchanged: from
+  SOCKETIO_CLIENT_DIR (socket.io-client's `dist/`, read once at start-up; the Docker image
+  has one), else a redirect to the official build of the same version on the CDN.
+  SERVE_CLIENT=0 turns it off (404). Each file has an ETag, and `Cache-Control: public,
+  max-age=0`: browsers keep it and revalidate, so a new version reaches them at once.
+- Protocol checks python-engineio leaves out: the Engine.IO protocol refuses, with 400, a
+  handshake without a `transport` (python-engineio takes it for polling) and a request
+  with any method but GET and POST (python-engineio answers 405, or 400 only for POST).
+
+Everything else goes on to python-engineio as is.
 """
-import json
+import hashlib
+import logging
+import os
 from urllib.parse import parse_qs
+
+from .config import CLIENT_CDN
+from .errors import error_body
 
 ENGINEIO_PATH = '/socket.io/'
 _ALLOWED_METHODS = ('GET', 'POST', 'OPTIONS')   # OPTIONS: CORS preflights
+CLIENT_FILES = ('socket.io.js', 'socket.io.min.js', 'socket.io.esm.min.js',
+                'socket.io.msgpack.min.js')
+_CLIENT_PATHS = {ENGINEIO_PATH + name + suffix: name + suffix
+                 for name in CLIENT_FILES for suffix in ('', '.map')}
+log = logging.getLogger(__name__)
 
 
 class EngineIOFront:
-    """WSGI middleware: refuse at /socket.io/ what the Engine.IO protocol refuses."""
+    """WSGI middleware: the client script, and refusals of what Engine.IO refuses."""
 
-    def __init__(self, app):
+    def __init__(self, app, config):
         self.app = app
+        self.serve_client = config.serve_client
+        self.client_files = (_read_client(config.socketio_client_dir)
+                             if config.serve_client and config.socketio_client_dir else None)
+        if not config.serve_client:
+            where = 'not served (SERVE_CLIENT=0)'
+        elif self.client_files:
+            where = f'served from {config.socketio_client_dir}'
+        else:
+            where = f'redirected to {CLIENT_CDN} (set SOCKETIO_CLIENT_DIR to serve a copy)'
+        log.info('socket.io client at %ssocket.io.js: %s', ENGINEIO_PATH, where)
 
     def __call__(self, environ, start_response):
-        if environ.get('PATH_INFO', '').startswith(ENGINEIO_PATH):
+        path = environ.get('PATH_INFO', '')
+        if path.startswith(ENGINEIO_PATH):
+            name = _CLIENT_PATHS.get(path)
+            if name is not None and environ.get('REQUEST_METHOD') in ('GET', 'HEAD'):
+                return self._client(environ, start_response, name)
             error = self._refusal(environ)
             if error is not None:
-                body = json.dumps(error).encode()
-                start_response('400 BAD REQUEST', [('Content-Type', 'application/json'),
-                                                   ('Content-Length', str(len(body)))])
-                return [body]
+                return _answer(start_response, '400 BAD REQUEST', error)
         return self.app(environ, start_response)
+
+    def _client(self, environ, start_response, name):
+        """A file of the socket.io client, a redirect to the CDN's, or 404."""
+        if not self.serve_client:
+            return _answer(start_response, '404 NOT FOUND', 'no such route')
+        if self.client_files is None:
+            start_response('302 FOUND', [('Location', CLIENT_CDN + name),
+                                         ('Content-Length', '0')])
+            return [b'']
+        found = self.client_files.get(name)
+        if found is None:
+            return _answer(start_response, '404 NOT FOUND', 'no such file in the client')
+        body, content_type, etag = found
+        headers = [('ETag', etag), ('Cache-Control', 'public, max-age=0'),
+                   ('Access-Control-Allow-Origin', '*')]
+        if etag in environ.get('HTTP_IF_NONE_MATCH', ''):
+            start_response('304 NOT MODIFIED', headers)
+            return [b'']
+        start_response('200 OK', [*headers, ('Content-Type', content_type),
+                                  ('Content-Length', str(len(body)))])
+        return [b''] if environ['REQUEST_METHOD'] == 'HEAD' else [body]
 
     @staticmethod
     def _refusal(environ):
@@ -38,3 +89,25 @@ class EngineIOFront:
         if 'transport' not in query:
             return 'Invalid transport: the transport query parameter is required'
         return None
+
+
+def _answer(start_response, status, error):
+    body = error_body(error)
+    start_response(status, [('Content-Type', 'application/json'),
+                            ('Content-Length', str(len(body)))])
+    return [body]
+
+
+def _read_client(folder):
+    """{file name: (bytes, content type, ETag)} of the client builds found in `folder`."""
+    files = {}
+    for name in _CLIENT_PATHS.values():
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            with open(path, 'rb') as file:
+                body = file.read()
+            content_type = ('application/json' if name.endswith('.map')
+                            else 'application/javascript; charset=utf-8')
+            files[name] = (body, content_type,
+                           '"%s"' % hashlib.sha256(body).hexdigest()[:32])
+    return files

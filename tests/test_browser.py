@@ -235,3 +235,39 @@ def test_an_origin_outside_cors_allowed_origins_is_refused(
     page.wait_for_selector('#state[data-state="error"]')
     assert 'cannot connect' in page.text_content('#state')
     assert server.sessions(user) == {'userId': user, 'online': 0, 'registered': 1}
+
+
+ORIGINAL_PAGE = """<!doctype html>
+<script>%(hide_websocket)s</script>
+<script src="%(server)s/socket.io/socket.io.js"></script>
+<script>
+  // The original README's client code, as written there.
+  window.received = [];
+  var socket = io.connect('%(server)s');
+  socket.on('connect', function () {
+    socket.emit('register', '%(user)s', '%(connection_id)s');
+  });
+  socket.on('message', function (message) {
+    window.received.push(message);
+  });
+</script>
+"""
+
+
+@pytest.mark.parametrize('websocket', ['available', 'hidden'])
+def test_a_page_written_for_the_original_loads_the_client_from_the_server(
+        page, start_server, js_modules, websocket):
+    client_dir = js_modules / 'socket.io-client' / 'dist'
+    server = start_server(env={'SOCKETIO_CLIENT_DIR': str(client_dir)})
+    user = unique('original')
+    assert server.register(user, 'tab').status_code == 200
+    page.set_content(ORIGINAL_PAGE % {
+        'server': server.url, 'user': user, 'connection_id': 'tab',
+        'hide_websocket': 'window.WebSocket = undefined;' if websocket == 'hidden' else ''})
+    wait_for(lambda: server.sessions(user)['online'] == 1, timeout=20,
+             message='the page to register')
+    server.pushed(user, {'title': 'é世🚀 from the backend'})
+    page.wait_for_function('window.received.length === 1')
+    assert page.evaluate('window.received') == [{'title': 'é世🚀 from the backend'}]
+    transport = 'websocket' if websocket == 'available' else 'polling'
+    page.wait_for_function(f'socket.io.engine.transport.name === "{transport}"')

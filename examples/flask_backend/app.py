@@ -21,9 +21,11 @@ from flask import Flask, abort, jsonify, request, send_file
 
 NOTIFICATION_URL = os.environ.get('NOTIFICATION_URL', 'http://127.0.0.1:3000').rstrip('/')
 NOTIFICATION_TOKEN = os.environ['NOTIFICATION_TOKEN']
-# Where the page loads the socket.io client from (the official CDN build by default).
+# Where the page loads the socket.io client from: the notification server's own path by
+# default, as pages written for the original did (it serves its copy, or redirects to the
+# official build on the CDN).
 SOCKETIO_CLIENT_URL = os.environ.get('SOCKETIO_CLIENT_URL',
-                                     'https://cdn.socket.io/4.8.1/socket.io.min.js')
+                                     NOTIFICATION_URL + '/socket.io/socket.io.min.js')
 PAGE = Path(__file__).resolve().parent.parent / 'browser' / 'index.html'
 
 app = Flask(__name__)
