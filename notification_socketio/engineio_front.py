@@ -11,11 +11,21 @@
   handshake without a `transport` (python-engineio takes it for polling) and a request
   with any method but GET and POST (python-engineio answers 405, or 400 only for POST).
 
+- Engine.IO 3, the protocol of socket.io-client 1.x and 2.x (python-engineio speaks only
+  4), the way Node's `allowEIO3` serves it: the request goes on to python-engineio as
+  Engine.IO 4, marked in the environ (`nsio.engineio3`) so that its socket plays the v3
+  heartbeat (transport.py), and long-polling payloads are translated between the two
+  framings: v3's `<length>:<packet>`, the length in UTF-16 code units as JavaScript
+  counts them, and v4's packets separated by a record separator. A WebSocket carries one
+  packet a frame in both.
+
 Everything else goes on to python-engineio as is.
 """
 import hashlib
+import io
 import logging
 import os
+import re
 from urllib.parse import parse_qs
 
 from .config import CLIENT_CDN
@@ -55,7 +65,42 @@ class EngineIOFront:
             error = self._refusal(environ)
             if error is not None:
                 return _answer(start_response, '400 BAD REQUEST', error)
+            if _ENGINEIO3.search(environ.get('QUERY_STRING', '')):
+                return self._engineio3(environ, start_response)
         return self.app(environ, start_response)
+
+    def _engineio3(self, environ, start_response):
+        """An Engine.IO 3 request, served by python-engineio as Engine.IO 4."""
+        environ['QUERY_STRING'] = _ENGINEIO3.sub(r'\1EIO=4\2', environ['QUERY_STRING'])
+        environ['nsio.engineio3'] = True
+        if environ.get('HTTP_UPGRADE', '').lower() == 'websocket':
+            return self.app(environ, start_response)
+        if environ.get('REQUEST_METHOD') == 'POST':
+            try:
+                body = _v4_payload(environ['wsgi.input'].read(
+                    int(environ.get('CONTENT_LENGTH') or 0)))
+            except ValueError:
+                return _answer(start_response, '400 BAD REQUEST',
+                               'not an Engine.IO 3 payload')
+            environ['wsgi.input'] = io.BytesIO(body)
+            environ['CONTENT_LENGTH'] = str(len(body))
+        answered = []
+
+        def start(status, headers, exc_info=None):
+            answered.append((status, headers))
+            return lambda data: None
+        chunks = self.app(environ, start)
+        try:
+            body = b''.join(chunks)
+        finally:
+            getattr(chunks, 'close', lambda: None)()
+        status, headers = answered[0]
+        if environ.get('REQUEST_METHOD') == 'GET' and status.startswith('200'):
+            body = _v3_payload(body)
+        start_response(status, [*(header for header in headers
+                                  if header[0].lower() != 'content-length'),
+                                ('Content-Length', str(len(body)))])
+        return [body]
 
     def _client(self, environ, start_response, name):
         """A file of the socket.io client, a redirect to the CDN's, or 404."""
@@ -89,6 +134,57 @@ class EngineIOFront:
         if 'transport' not in query:
             return 'Invalid transport: the transport query parameter is required'
         return None
+
+
+_ENGINEIO3 = re.compile(r'(^|&)EIO=3(&|$)')
+_SEPARATOR = '\x1e'
+_NON_ASCII = re.compile(r'[^\x00-\x7f]')
+
+
+def _ascii_json(packet):
+    """A text packet with every non-ASCII character written as a JSON escape.
+
+    socket.io-client 1.x decodes each long-polling packet as UTF-8 held in a "binary
+    string" (Node's own Engine.IO 3 server sends it plain, and 1.x then fails on the
+    first non-ASCII message). Outside the packet's ASCII prefix, such characters can only
+    stand in JSON strings, where `\\uXXXX` means the same: every client reads the same
+    message, 1.x included.
+    """
+    if packet.isascii():
+        return packet
+    return _NON_ASCII.sub(lambda match: ''.join(
+        '\\u%04x' % int.from_bytes(match.group().encode('utf-16-be')[i:i + 2], 'big')
+        for i in range(0, len(match.group().encode('utf-16-be')), 2)), packet)
+
+
+def _v3_payload(body):
+    """An Engine.IO 4 long-polling payload (text packets) in Engine.IO 3 framing."""
+    packets = [_ascii_json(packet) for packet in body.decode('utf-8').split(_SEPARATOR)]
+    return ''.join(f'{len(packet)}:{packet}' for packet in packets).encode()
+
+
+def _v4_payload(body):
+    """An Engine.IO 3 payload from a client (`<length>:<packet>`...) in 4's framing.
+
+    ValueError if it is not one.
+    """
+    units = body.decode('utf-8').encode('utf-16-le')   # lengths count UTF-16 units
+    packets, position = [], 0
+    while position < len(units):
+        colon = units.find(':'.encode('utf-16-le'), position)
+        while colon != -1 and (colon - position) % 2:
+            colon = units.find(':'.encode('utf-16-le'), colon + 1)
+        if colon == -1:
+            raise ValueError('no length')
+        length = int(units[position:colon].decode('utf-16-le'))
+        start = colon + 2
+        if length <= 0 or start + 2 * length > len(units):
+            raise ValueError('a packet runs past the payload')
+        packets.append(units[start:start + 2 * length].decode('utf-16-le', 'surrogatepass'))
+        position = start + 2 * length
+    if not packets:
+        raise ValueError('empty payload')
+    return _SEPARATOR.join(packets).encode('utf-8', 'surrogatepass')
 
 
 def _answer(start_response, status, error):

@@ -67,6 +67,11 @@ class _LiveValues:
                                     'Engine.IO connections open on this process')
         eio_sockets = self.server.socketio.server.eio.sockets
         sockets.add_metric([], len(eio_sockets))
+        legacy = GaugeMetricFamily('nsio_sockets_engineio3',
+                                   'Engine.IO connections of socket.io-client 1.x and 2.x '
+                                   '(Engine.IO 3): when 0 for long, they can be dropped')
+        legacy.add_metric([], sum(getattr(socket, 'engineio3', False)
+                                  for socket in list(eio_sockets.values())))
         direct = GaugeMetricFamily('nsio_websockets_direct',
                                    'WebSockets written directly, without a writer greenlet')
         direct.add_metric([], sum(getattr(socket, 'conn', None) is not None
@@ -85,7 +90,7 @@ class _LiveValues:
                                   'with a socket here; none left behind)')
         rooms.add_metric([], sum(1 for room in self.server.socketio.server.manager.rooms.get(
             '/', {}) if isinstance(room, str) and room.startswith('user:')))
-        return [sockets, direct, held, users, errors, rooms]
+        return [sockets, legacy, direct, held, users, errors, rooms]
 
     def describe(self):
         return []

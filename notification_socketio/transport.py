@@ -147,7 +147,15 @@ def install(eio, hooks):
         socket = eio.sockets.get(sid)
         if type(socket) is eio_socket.Socket:
             socket.__class__ = DirectSocket
-        return on_connect(sid, environ)
+        engineio3 = environ.get('nsio.engineio3', False)
+        if engineio3:
+            socket.engineio3 = True
+        accepted = on_connect(sid, environ)
+        if engineio3 and accepted is not False:
+            # Socket.IO protocol 4 (socket.io-client 1.x, 2.x): the client joins "/"
+            # without sending CONNECT; the server connects it at once.
+            message(sid, '0')
+        return accepted
 
     eio.on('connect', connect)
 
@@ -155,6 +163,7 @@ def install(eio, hooks):
 class DirectSocket(eio_socket.Socket):
     """An Engine.IO socket that writes WebSocket frames without a writer greenlet."""
 
+    engineio3 = False    # a client of Engine.IO 3 (socket.io-client 1.x, 2.x): it PINGs
     conn = None          # the connection's gevent socket, once on WebSocket
     backlog = None       # frames waiting behind a running flusher, or None
     backlog_bytes = 0
@@ -167,6 +176,10 @@ class DirectSocket(eio_socket.Socket):
         """Send a packet to the client (never blocks)."""
         if self.overflowed:
             return
+        if self.engineio3 and pkt.packet_type == eio_packet.MESSAGE and \
+                isinstance(pkt.data, str) and pkt.data.startswith('0{'):
+            # Socket.IO protocol 4's CONNECT carries no data; 2.x parsers refuse it.
+            pkt = eio_packet.Packet(eio_packet.MESSAGE, '0')
         if pkt.packet_type == eio_packet.PING:
             self.server.nsio_hooks.on_ping(self.sid)
         if self.conn is None:
@@ -181,6 +194,10 @@ class DirectSocket(eio_socket.Socket):
 
     def receive(self, pkt):
         """A packet from the client; a PONG acknowledges what was sent before its PING."""
+        if self.engineio3 and pkt.packet_type == eio_packet.PING:
+            self.send(eio_packet.Packet(eio_packet.PONG, pkt.data))
+            self._expect_client_ping()
+            return
         super().receive(pkt)
         if pkt.packet_type == eio_packet.PONG:
             self.server.nsio_hooks.on_pong(self.sid)
@@ -198,7 +215,17 @@ class DirectSocket(eio_socket.Socket):
         """Wait for packets to send on long-polling (python-engineio's), counting them out."""
         packets = [self._exact_handshake(pkt) for pkt in super().poll()]
         self.queued_bytes = max(self.queued_bytes - sum(map(_size, packets)), 0)
+        if self.engineio3:
+            # An Engine.IO 3 client answers no PING, but it polls again only once it has
+            # read this response: the next poll acknowledges what goes out now.
+            self.server.nsio_hooks.on_ping(self.sid)
         return packets
+
+    def handle_get_request(self, environ, start_response):
+        """A long-poll; from an Engine.IO 3 client, it acknowledges the previous one."""
+        if self.engineio3 and not self.upgraded:
+            self.server.nsio_hooks.on_pong(self.sid)
+        return super().handle_get_request(environ, start_response)
 
     def _exact_handshake(self, pkt):
         """The handshake with pingInterval in milliseconds, as the protocol has it.
@@ -327,11 +354,26 @@ class DirectSocket(eio_socket.Socket):
 
     def schedule_ping(self):
         """The next PING after `ping_interval`, from a timer rather than a sleeping greenlet."""
+        if self.engineio3:
+            self.last_ping = None   # no PING of ours awaits an answer: never timed out so
+            self._expect_client_ping()
+            return
         if self.last_ping:
             self.last_ping = None
             if self.ping_timer is None:
                 self.ping_timer = gevent.get_hub().loop.timer(self.server.ping_interval)
             self.ping_timer.start(gevent.spawn, self._ping)
+
+    def _expect_client_ping(self):
+        """Engine.IO 3: the client PINGs; one that does not for a heartbeat is gone."""
+        if self.ping_timer is not None:
+            self.ping_timer.close()
+        self.ping_timer = gevent.get_hub().loop.timer(
+            self.server.ping_interval + self.server.ping_timeout)
+        self.ping_timer.start(gevent.spawn, self._client_gone)
+
+    def _client_gone(self):
+        self.close(wait=False, abort=True, reason=self.server.reason.PING_TIMEOUT)
 
     def _ping(self):
         if not self.closing and not self.closed:

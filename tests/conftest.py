@@ -269,9 +269,10 @@ def missing(what):
 
 @pytest.fixture(scope='session')
 def js_modules():
-    """tests/js/node_modules: the official socket.io client, installed with `npm ci`."""
+    """tests/js/node_modules: the official socket.io clients, installed with `npm ci`."""
     directory = ROOT / 'tests' / 'js'
-    if not (directory / 'node_modules' / 'socket.io-client').exists():
+    if not all((directory / 'node_modules' / name).exists() for name in (
+            'socket.io-client', 'socket.io-client-v1', 'socket.io-client-v2')):
         if shutil.which('npm') is None:
             missing('npm is needed to install the socket.io client (tests/js/package.json)')
         subprocess.run(['npm', 'ci', '--no-audit', '--no-fund'], cwd=directory, check=True,

@@ -271,3 +271,41 @@ def test_a_page_written_for_the_original_loads_the_client_from_the_server(
     assert page.evaluate('window.received') == [{'title': 'é世🚀 from the backend'}]
     transport = 'websocket' if websocket == 'available' else 'polling'
     page.wait_for_function(f'socket.io.engine.transport.name === "{transport}"')
+
+
+LEGACY_PAGE = """<!doctype html>
+<script>%(hide_websocket)s</script>
+"""
+ORIGINAL_CODE = """
+  window.received = [];
+  var socket = io.connect('%(server)s');
+  socket.on('connect', function () {
+    socket.emit('register', '%(user)s', '%(connection_id)s');
+  });
+  socket.on('message', function (message) {
+    window.received.push(message);
+  });
+"""
+
+
+@pytest.mark.parametrize('bundle', ['v1', 'v2'])
+@pytest.mark.parametrize('websocket', ['available', 'hidden'])
+def test_a_page_bundling_the_original_s_client_line_works_unchanged(
+        page, start_server, js_modules, bundle, websocket):
+    # socket.io-client 1.7 and 2.5, as pages written for the original bundle them
+    # (Engine.IO 3), with the original README's code.
+    server = start_server()
+    user = unique('bundle')
+    assert server.register(user, 'tab').status_code == 200
+    page.set_content(LEGACY_PAGE % {
+        'hide_websocket': 'window.WebSocket = undefined;' if websocket == 'hidden' else ''})
+    page.add_script_tag(path=js_modules / f'socket.io-client-{bundle}' / 'dist' / 'socket.io.js')
+    page.add_script_tag(content=ORIGINAL_CODE % {'server': server.url, 'user': user,
+                                                 'connection_id': 'tab'})
+    wait_for(lambda: server.sessions(user)['online'] == 1, timeout=20,
+             message='the page to register')
+    server.pushed(user, {'title': 'é世🚀 from the backend'})
+    page.wait_for_function('window.received.length === 1')
+    assert page.evaluate('window.received') == [{'title': 'é世🚀 from the backend'}]
+    transport = 'websocket' if websocket == 'available' else 'polling'
+    page.wait_for_function(f'socket.io.engine.transport.name === "{transport}"')

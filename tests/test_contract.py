@@ -33,8 +33,9 @@ def parameters(function):
 
 def test_python_engineio_socket_as_transport_extends_it():
     # transport.py: DirectSocket subclasses python-engineio's Socket.
-    has(eio_socket.Socket, 'send', 'receive', 'poll', 'handle_post_request', 'close',
-        'schedule_ping', 'check_ping_timeout', '_websocket_handler')
+    has(eio_socket.Socket, 'send', 'receive', 'poll', 'handle_get_request',
+        'handle_post_request', 'close', 'schedule_ping', 'check_ping_timeout',
+        '_websocket_handler')
     assert parameters(eio_socket.Socket.close) == ['self', 'wait', 'abort', 'reason']
     app = create_app(Config.for_testing())
     eio = app.extensions['notification_socketio'].socketio.server.eio
@@ -42,7 +43,13 @@ def test_python_engineio_socket_as_transport_extends_it():
         'ping_interval_grace_period', 'ping_timeout', 'max_http_buffer_size',
         'get_queue_empty_exception',
         '_cors_allowed_origins')   # worker.py: the origin rule, before the handshake
-    has(eio.reason, 'TRANSPORT_ERROR', 'TRANSPORT_CLOSE', 'SERVER_DISCONNECT')
+    has(eio.reason, 'TRANSPORT_ERROR', 'TRANSPORT_CLOSE', 'SERVER_DISCONNECT', 'PING_TIMEOUT')
+    # engineio_front.py translates Engine.IO 4 long-polling payloads: packets joined by
+    # a record separator.
+    from engineio import payload
+    assert payload.Payload(packets=[eio_socket.packet.Packet(eio_socket.packet.MESSAGE, 'a'),
+                                    eio_socket.packet.Packet(eio_socket.packet.MESSAGE, 'b')]
+                           ).encode() == '4a\x1e4b'
     socket = eio_socket.Socket(eio, 'sid')
     has(socket, 'queue', 'closed', 'closing', 'connected', 'upgraded', 'upgrading',
         'last_ping', 'sid', 'server')
