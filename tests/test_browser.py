@@ -237,10 +237,7 @@ def test_an_origin_outside_cors_allowed_origins_is_refused(
     assert server.sessions(user) == {'userId': user, 'online': 0, 'registered': 1}
 
 
-ORIGINAL_PAGE = """<!doctype html>
-<script>%(hide_websocket)s</script>
-<script src="%(server)s/socket.io/socket.io.js"></script>
-<script>
+ORIGINAL_CODE = """
   // The original README's client code, as written there.
   window.received = [];
   var socket = io.connect('%(server)s');
@@ -250,56 +247,17 @@ ORIGINAL_PAGE = """<!doctype html>
   socket.on('message', function (message) {
     window.received.push(message);
   });
-</script>
 """
+HIDE_WEBSOCKET = {'available': '', 'hidden': 'window.WebSocket = undefined;'}
 
 
-@pytest.mark.parametrize('websocket', ['available', 'hidden'])
-def test_a_page_written_for_the_original_loads_the_client_from_the_server(
-        page, start_server, js_modules, websocket):
-    client_dir = js_modules / 'socket.io-client' / 'dist'
-    server = start_server(env={'SOCKETIO_CLIENT_DIR': str(client_dir)})
-    user = unique('original')
+def run_original_code(page, server, user, websocket, load_client):
+    """The original README's page code, WebSocket available or hidden, with the client
+    `load_client(page)` loads; it must register, receive a unicode push, and settle on
+    the transport it can use."""
     assert server.register(user, 'tab').status_code == 200
-    page.set_content(ORIGINAL_PAGE % {
-        'server': server.url, 'user': user, 'connection_id': 'tab',
-        'hide_websocket': 'window.WebSocket = undefined;' if websocket == 'hidden' else ''})
-    wait_for(lambda: server.sessions(user)['online'] == 1, timeout=20,
-             message='the page to register')
-    server.pushed(user, {'title': 'é世🚀 from the backend'})
-    page.wait_for_function('window.received.length === 1')
-    assert page.evaluate('window.received') == [{'title': 'é世🚀 from the backend'}]
-    transport = 'websocket' if websocket == 'available' else 'polling'
-    page.wait_for_function(f'socket.io.engine.transport.name === "{transport}"')
-
-
-LEGACY_PAGE = """<!doctype html>
-<script>%(hide_websocket)s</script>
-"""
-ORIGINAL_CODE = """
-  window.received = [];
-  var socket = io.connect('%(server)s');
-  socket.on('connect', function () {
-    socket.emit('register', '%(user)s', '%(connection_id)s');
-  });
-  socket.on('message', function (message) {
-    window.received.push(message);
-  });
-"""
-
-
-@pytest.mark.parametrize('bundle', ['v1', 'v2'])
-@pytest.mark.parametrize('websocket', ['available', 'hidden'])
-def test_a_page_bundling_the_original_s_client_line_works_unchanged(
-        page, start_server, js_modules, bundle, websocket):
-    # socket.io-client 1.7 and 2.5, as pages written for the original bundle them
-    # (Engine.IO 3), with the original README's code.
-    server = start_server()
-    user = unique('bundle')
-    assert server.register(user, 'tab').status_code == 200
-    page.set_content(LEGACY_PAGE % {
-        'hide_websocket': 'window.WebSocket = undefined;' if websocket == 'hidden' else ''})
-    page.add_script_tag(path=js_modules / f'socket.io-client-{bundle}' / 'dist' / 'socket.io.js')
+    page.set_content(f'<!doctype html><script>{HIDE_WEBSOCKET[websocket]}</script>')
+    load_client(page)
     page.add_script_tag(content=ORIGINAL_CODE % {'server': server.url, 'user': user,
                                                  'connection_id': 'tab'})
     wait_for(lambda: server.sessions(user)['online'] == 1, timeout=20,
@@ -309,3 +267,23 @@ def test_a_page_bundling_the_original_s_client_line_works_unchanged(
     assert page.evaluate('window.received') == [{'title': 'é世🚀 from the backend'}]
     transport = 'websocket' if websocket == 'available' else 'polling'
     page.wait_for_function(f'socket.io.engine.transport.name === "{transport}"')
+
+
+@pytest.mark.parametrize('websocket', ['available', 'hidden'])
+def test_a_page_written_for_the_original_loads_the_client_from_the_server(
+        page, start_server, js_modules, websocket):
+    client_dir = js_modules / 'socket.io-client' / 'dist'
+    server = start_server(env={'SOCKETIO_CLIENT_DIR': str(client_dir)})
+    run_original_code(page, server, unique('original'), websocket, lambda page_: (
+        page_.add_script_tag(url=f'{server.url}/socket.io/socket.io.js')))
+
+
+@pytest.mark.parametrize('bundle', ['v1', 'v2'])
+@pytest.mark.parametrize('websocket', ['available', 'hidden'])
+def test_a_page_bundling_the_original_s_client_line_works_unchanged(
+        page, start_server, js_modules, bundle, websocket):
+    # socket.io-client 1.7 and 2.5, as pages written for the original bundle them
+    # (Engine.IO 3).
+    bundle_path = js_modules / f'socket.io-client-{bundle}' / 'dist' / 'socket.io.js'
+    run_original_code(page, start_server(), unique('bundle'), websocket,
+                      lambda page_: page_.add_script_tag(path=bundle_path))
