@@ -9,10 +9,10 @@ import requests
 from conftest import FAST_HEARTBEAT, ROOT, TOKEN, ServerProcess, wait_for
 
 
-def legacy_app(js_modules, server, client, transports, user, count):
+def legacy_app(js_modules, server, client, transports, user, count, connection_id='tab'):
     """Start tests/js/legacy.js; return the process (one JSON line per event)."""
     options = {'client': client, 'url': server.url, 'transports': transports,
-               'user': user, 'connectionId': 'tab', 'count': count}
+               'user': user, 'connectionId': connection_id, 'count': count}
     return subprocess.Popen(['node', str(ROOT / 'tests' / 'js' / 'legacy.js'),
                              json.dumps(options)], cwd=js_modules.parent,
                             stdout=subprocess.PIPE, text=True)
@@ -119,3 +119,23 @@ def test_legacy_and_current_clients_of_one_user_across_processes(
         assert current.sio.connected
     finally:
         app.kill()
+
+
+@pytest.mark.parametrize('client', ['v1', 'v2'])
+def test_two_sessions_of_one_user_on_legacy_clients_both_receive(js_modules, server, client):
+    user = f'legacy-{uuid.uuid4().hex[:8]}'
+    apps = []
+    try:
+        for connection_id, transports in (('tab', ['polling']), ('phone', ['websocket'])):
+            assert server.register(user, connection_id).status_code == 200
+            app = legacy_app(js_modules, server, client, transports, user, count=100,
+                             connection_id=connection_id)
+            apps.append(app)
+            assert json.loads(app.stdout.readline()) == {'ack': {'ok': True}}
+        assert server.sessions(user) == {'userId': user, 'online': 2, 'registered': 2}
+        pushed = [server.pushed(user, f'to both é {n}') for n in range(3)]
+        for app in apps:
+            assert read_until(app, pushed) == pushed
+    finally:
+        for app in apps:
+            app.kill()
