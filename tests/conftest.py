@@ -67,7 +67,8 @@ class ServerProcess:
         """Start gunicorn and wait until it answers /api/status/ping."""
         log_dir = ROOT / 'tests' / 'artifacts'
         log_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = log_dir / f'server-{self.port}.log'
+        # A port may come back for a later server of the same run: one file per server.
+        self.log_path = log_dir / f'server-{self.port}-{time.time_ns()}.log'
         self.process = subprocess.Popen(
             [sys.executable, '-m', 'gunicorn', *self.bind, *self.args, 'wsgi:app'],
             cwd=ROOT, env=self.env, stdout=open(self.log_path, 'ab'),
