@@ -27,7 +27,7 @@ def create_app(config=None):
     from . import api, console, errors, events, jsoncodec, metrics, openapi, transport
     from .config import Config
     from .delivery import DeliveryManager
-    from .engineio_front import EngineIOFront
+    from .engineio_front import MAX_CLIENT_PAYLOAD, EngineIOFront
     from .fastpush import FastPush
     from .logs import configure_logging
     from .state import create_state
@@ -64,8 +64,7 @@ def create_app(config=None):
         logger=False,
         engineio_logger=False,
         json=jsoncodec,
-        # A client sends `register` and little else: 64 KiB is plenty for a payload.
-        max_http_buffer_size=65536,
+        max_http_buffer_size=MAX_CLIENT_PAYLOAD,
     )
     events.guard_event_names(socketio.server)
     transport.install(socketio.server.eio, transport.Hooks(

@@ -32,6 +32,9 @@ from .config import CLIENT_CDN
 from .errors import error_body
 
 ENGINEIO_PATH = '/socket.io/'
+#: The largest payload a client may send (python-engineio's max_http_buffer_size): a client
+#: sends `register` and little else.
+MAX_CLIENT_PAYLOAD = 65536
 _ALLOWED_METHODS = ('GET', 'POST', 'OPTIONS')   # OPTIONS: CORS preflights
 CLIENT_FILES = ('socket.io.js', 'socket.io.min.js', 'socket.io.esm.min.js',
                 'socket.io.msgpack.min.js')
@@ -77,8 +80,10 @@ class EngineIOFront:
             return self.app(environ, start_response)
         if environ.get('REQUEST_METHOD') == 'POST':
             try:
-                body = _v4_payload(environ['wsgi.input'].read(
-                    int(environ.get('CONTENT_LENGTH') or 0)))
+                length = int(environ.get('CONTENT_LENGTH') or 0)
+                if length > MAX_CLIENT_PAYLOAD:
+                    raise ValueError('too large')
+                body = _v4_payload(environ['wsgi.input'].read(length))
             except ValueError:
                 return _answer(start_response, '400 BAD REQUEST',
                                'not an Engine.IO 3 payload')

@@ -139,3 +139,12 @@ def test_two_sessions_of_one_user_on_legacy_clients_both_receive(js_modules, ser
     finally:
         for app in apps:
             app.kill()
+
+
+def test_an_engineio3_post_that_is_no_payload_or_too_large_is_a_400(server):
+    sid = requests.get(server.url + '/socket.io/?EIO=3&transport=polling',
+                       timeout=10).text.split('"sid":"', 1)[1].split('"', 1)[0]
+    url = f'{server.url}/socket.io/?EIO=3&transport=polling&sid={sid}'
+    for body in ('no length', '5:42', 'x' * 70_000):
+        assert requests.post(url, data=body, timeout=10).status_code == 400, body
+    assert requests.post(url, data='1:2', timeout=10).status_code == 200   # a PING
