@@ -69,6 +69,10 @@ class Holder:
         self.ping_unanswered = False
         self.sent_before_ping = None
 
+    def sent(self, message_id, key):
+        """The message `message_id` (sort key `key`) went out to the socket."""
+        self.last_sent, self.last_key = message_id, key
+
 
 class DeliveryManager(socketio.Manager):
     """python-socketio's in-process manager, delivering the users' messages.
@@ -132,7 +136,7 @@ class DeliveryManager(socketio.Manager):
                 continue   # a late copy of a message a replay sent already
             encoded = encoded or self.encode(entry)
             self.server._send_eio_packet(eio_sid, encoded)
-            holder.last_sent, holder.last_key = entry.message_id, key
+            holder.sent(entry.message_id, key)
             sent += 1
         self._live.inc(sent)
 
@@ -281,7 +285,7 @@ class DeliveryManager(socketio.Manager):
                     if key <= holder.last_key:
                         continue
                     self.server._send_eio_packet(eio_sid, self.encode(entry))
-                    holder.last_sent, holder.last_key = entry.message_id, key
+                    holder.sent(entry.message_id, key)
                     if from_history:
                         replayed += 1
                     else:

@@ -40,9 +40,10 @@ local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 # `unheld` scored by when each expires, `held` by when its socket last answered a
 # heartbeat (its hash expires REGISTRATION_TTL after that). Both are cleaned of what
 # expired (a range, as long as what expired) before they are counted.
+# Each script using it names its `unheld` and `held` keys and the ttl `ttl_ms` first.
 _FORGET_EXPIRED = """
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms)
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms - tonumber(ARGV[2]))
+redis.call('ZREMRANGEBYSCORE', unheld, '-inf', now_ms)
+redis.call('ZREMRANGEBYSCORE', held, '-inf', now_ms - ttl_ms)
 """
 _KEEP_INDEXES = """
 for i = 2, 3 do
@@ -56,6 +57,7 @@ end
 # ARGV: connectionId, ttl ms, registration key prefix, max sessions per user.
 # Returns 0, or -1 when the user's registrations are all held (TooManySessions).
 _REGISTER = _NOW_MS + """
+local unheld, held, ttl_ms = KEYS[2], KEYS[3], tonumber(ARGV[2])
 if redis.call('EXISTS', KEYS[1]) == 1 then
   if redis.call('HGET', KEYS[1], 'holder') == '' then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -134,10 +136,12 @@ end
 return holders
 """
 
-# KEYS: (none), unheld, held. ARGV: online timeout ms, ttl ms.
-_SESSIONS = _NOW_MS + _FORGET_EXPIRED + """
-local online = redis.call('ZCOUNT', KEYS[3], now_ms - tonumber(ARGV[1]) + 1, '+inf')
-return {online, redis.call('ZCARD', KEYS[2]) + redis.call('ZCARD', KEYS[3])}
+# KEYS: unheld, held. ARGV: online timeout ms, ttl ms.
+_SESSIONS = _NOW_MS + """
+local unheld, held, ttl_ms = KEYS[1], KEYS[2], tonumber(ARGV[2])
+""" + _FORGET_EXPIRED + """
+local online = redis.call('ZCOUNT', held, now_ms - tonumber(ARGV[1]) + 1, '+inf')
+return {online, redis.call('ZCARD', unheld) + redis.call('ZCARD', held)}
 """
 
 # KEYS: last id, idempotency record, then per target its history stream and its user's
@@ -338,7 +342,7 @@ class RedisState(State):
 
     @_unavailable_on_error
     def sessions(self, user_id):
-        online, registered = self._run('sessions', ['', *self.index_keys(user_id)],
+        online, registered = self._run('sessions', self.index_keys(user_id),
                                        [self._online_ms, self._ttl_ms])
         return Sessions(online=online, registered=registered)
 
