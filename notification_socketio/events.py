@@ -75,7 +75,9 @@ def _failed(error):
     if failures[request.sid] >= server.config.max_register_failures:
         log.warning('socket disconnected after %d failed register attempts',
                     failures[request.sid])
-        server.socketio.server.disconnect(request.sid, namespace=NAMESPACE)
+        # After this acknowledgement has gone out, so that the client learns why.
+        server.socketio.start_background_task(server.socketio.server.disconnect,
+                                              request.sid, namespace=NAMESPACE)
         return {'ok': False, 'error': error + ' (too many failed attempts: disconnected)'}
     return {'ok': False, 'error': error}
 

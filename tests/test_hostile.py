@@ -3,6 +3,7 @@ Flask-SocketIO's test clients): whatever arrives, a JSON error or `ok: false`, n
 500, never a delivery to another user, never a change to another user's registration."""
 from urllib.parse import quote
 
+import gevent
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -133,6 +134,7 @@ def test_a_socket_guessing_connection_ids_is_disconnected(app, rest, socket_clie
     for attempt in range(1, limit + 1):
         answer = guesser.emit('register', 'u1', f'guess-{attempt}', callback=True)
         assert answer['ok'] is False
+        gevent.idle()   # the disconnect follows the acknowledgement, in a greenlet
         assert guesser.is_connected() == (attempt < limit)
     assert 'disconnected' in answer['error']
     # An honest client's typo or reconnect does not come near the limit.

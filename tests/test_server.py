@@ -274,3 +274,12 @@ def test_sigterm_with_a_redis_that_hangs_ends_within_the_graceful_timeout(
     # The worker ended by itself; gunicorn would otherwise kill it after graceful_timeout.
     assert 'Worker exiting' in log
     assert 'could not release 30 registrations on shutdown' in log
+
+
+def test_a_socket_disconnected_for_failed_registers_is_told_why(server, listeners):
+    # The last acknowledgement used to be lost: the socket was closed before it went out.
+    guesser = listeners(server.url).connect()
+    answers = [guesser.register(unique('nobody'), f'guess-{n}') for n in range(5)]
+    assert all(answer['ok'] is False for answer in answers)
+    assert 'disconnected' in answers[-1]['error']
+    wait_for(lambda: not guesser.sio.connected, message='the disconnect')
