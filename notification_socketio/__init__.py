@@ -14,6 +14,8 @@ class Server:
     delivery: object
     socketio: object
     metrics: object
+    tokens: object = None     # TokenVerifier of connection tokens
+    webhooks: object = None   # the webhook Sender, when WEBHOOK_URL is set
 
 
 def create_app(config=None):
@@ -31,6 +33,8 @@ def create_app(config=None):
     from .fastpush import FastPush
     from .logs import configure_logging
     from .state import create_state
+    from .tokens import TokenVerifier
+    from .webhooks import Sender
 
     config = config or Config.from_env()
     configure_logging(config)
@@ -70,12 +74,44 @@ def create_app(config=None):
     transport.install(socketio.server.eio, transport.Hooks(
         config.max_socket_buffer_bytes, on_ping=manager.on_ping, on_pong=manager.on_pong,
         on_overflow=server_metrics.slow_consumers.inc))
+    state.outbox.on_drop = server_metrics.webhooks_dropped.inc
+    sender = Sender(state.outbox, config.webhook_secret, config.webhook_retry_for,
+                    server_metrics) if config.webhook_urls else None
     server = app.extensions['notification_socketio'] = Server(
         config=config, state=state, delivery=manager, socketio=socketio,
-        metrics=server_metrics)
+        metrics=server_metrics, tokens=TokenVerifier(config), webhooks=sender)
     server_metrics.watch(server)
+    if sender is not None:
+        start_telling(server)
     app.wsgi_app = FastPush(EngineIOFront(app.wsgi_app, config), server)
     logging.getLogger(__name__).info(
         'fast paths on: %s', ', '.join([*transport.fast_paths(socketio.server.eio),
                                         'fast push route', 'orjson']))
     return app
+
+
+def start_telling(server):
+    """Start this process's webhook sender, and its clock for what falls due (presence
+    checks, fallbacks): in the process that serves, never in one that only imports."""
+    import gevent
+
+    from .state import StateUnavailable
+
+    log = logging.getLogger(__name__)
+
+    def tick():
+        while True:
+            try:
+                server.state.tick()
+            except StateUnavailable as error:
+                log.warning('could not check presence and fallbacks: %s', error)
+            except Exception:
+                log.exception('presence and fallback check failed')
+            gevent.sleep(_TICK)
+
+    server.webhooks.start()
+    gevent.spawn(tick)
+
+
+#: Seconds between two looks at what fell due.
+_TICK = 0.25

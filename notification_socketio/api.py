@@ -8,9 +8,11 @@ from werkzeug.routing import PathConverter
 from . import __version__
 from .delivery import redact
 from .errors import error_response
-from .state import EVERYONE
+from .webhooks import safe_url
+from .state import EVERYONE, parse_message_id
 from .validation import (IDEMPOTENCY_HEADER, NO_MESSAGE, InvalidInput, check_id,
-                         idempotency_of, message_of, parse_form, parse_json, token_matches)
+                         fallback_after_of, idempotency_of, message_of, parse_form,
+                         parse_json, token_matches)
 
 bp = Blueprint('api', __name__, url_prefix='/api')
 log = logging.getLogger(__name__)
@@ -71,8 +73,10 @@ def register(user_id):
 def push(user_id):
     """Send `message` to every socket of the user; answer with its message id."""
     user_id = check_id(user_id, 'userId')
-    appended = _push([user_id], _read_message())
-    return _answer({'id': appended.entries[0].message_id}, appended)
+    message, payload = _read_message()
+    appended = _push([user_id], message, fallback_after_of(payload))
+    return _answer({'id': appended.entries[0].message_id, 'online': appended.online[0]},
+                   appended)
 
 
 @bp.post('/push')
@@ -84,9 +88,10 @@ def push_many():
     if not isinstance(user_ids, list) or not user_ids:
         raise InvalidInput('"users" must be a non-empty list of userIds')
     user_ids = list(dict.fromkeys(check_id(user_id, 'each userId') for user_id in user_ids))
-    appended = _push(user_ids, message_of(payload))
+    appended = _push(user_ids, message_of(payload), fallback_after_of(payload))
     return _answer({'ids': {user_id: entry.message_id
-                            for user_id, entry in zip(user_ids, appended.entries)}},
+                            for user_id, entry in zip(user_ids, appended.entries)},
+                    'online': dict(zip(user_ids, appended.online))},
                    appended)
 
 
@@ -94,15 +99,15 @@ def push_many():
 @require_token
 def broadcast():
     """Send one message to every registered session, whoever its user."""
-    appended = _push([EVERYONE], _read_message())
+    appended = _push([EVERYONE], _read_message()[0])
     return _answer({'id': appended.entries[0].message_id}, appended)
 
 
-def _push(targets, message):
+def _push(targets, message, fallback_after=None):
     """Push once per Idempotency-Key, if the request has one."""
     idempotency = idempotency_of(request.headers.get(IDEMPOTENCY_HEADER), request.path,
                                  request.get_data())
-    return _server().delivery.push(targets, message, idempotency)
+    return _server().delivery.push(targets, message, idempotency, fallback_after)
 
 
 def _answer(body, appended):
@@ -117,6 +122,34 @@ def sessions(user_id):
     user_id = check_id(user_id, 'userId')
     online, registered = _server().state.sessions(user_id)
     return {'userId': user_id, 'online': online, 'registered': registered}
+
+
+@bp.get('/<user_id:user_id>/messages/<message_id>')
+@require_token
+def message_status(user_id, message_id):
+    """Whether a socket of the user acknowledged a message, and whether it is in the history."""
+    user_id = check_id(user_id, 'userId')
+    try:
+        parse_message_id(message_id)
+    except ValueError as error:
+        raise InvalidInput(str(error)) from None
+    status = _server().state.message_status(user_id, message_id)
+    if status is None:
+        return error_response(404, 'no such message for this user (or it is older than '
+                                   'every record kept)')
+    return {'id': message_id, 'userId': user_id, 'acknowledged': status.acknowledged,
+            'inHistory': status.in_history}
+
+
+@bp.get('/webhooks')
+@require_token
+def webhooks():
+    """The webhooks configured, how many wait, and the latest calls of this process."""
+    server = _server()
+    sender = server.webhooks
+    return {'urls': [safe_url(url) for url in server.config.webhook_urls],
+            'queued': sender.queued() if sender else 0,
+            'recent': list(sender.recent) if sender else []}
 
 
 @bp.delete('/<user_id:user_id>/register')
@@ -139,18 +172,20 @@ def revoke_all(user_id):
 
 
 def _read_message():
-    """The `message` of a JSON or form-encoded body."""
+    """The `message` of a JSON or form-encoded body, and the whole body decoded."""
     if request.mimetype == 'application/x-www-form-urlencoded':
         body = request.get_data()
         form = parse_form(body)
         if 'message' in form:
-            return form['message']
+            return form['message'], form
         # `curl -d '{"message": ...}'` sends JSON labelled as a form.
         try:
-            return message_of(parse_json(body))
+            payload = parse_json(body)
+            return message_of(payload), payload
         except InvalidInput:
             raise InvalidInput(NO_MESSAGE) from None
-    return message_of(_read_json_body())
+    payload = _read_json_body()
+    return message_of(payload), payload
 
 
 def _read_json_body():

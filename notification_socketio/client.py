@@ -8,14 +8,33 @@ Every push carries an Idempotency-Key (a new UUID, or the one you pass), so a pu
 answer was lost (a timeout, a dropped connection, a 504 "outcome unknown") is retried
 safely: the server answers a repeat with the first push's ids and sends nothing twice.
 Pass your own key (a job id, say) to make a push idempotent across your own retries too.
+
+`connection_token` signs a connection token that a page registers with, without a REST
+call per page (the server needs CONNECTION_SECRET or CONNECTION_PUBLIC_KEY).
 """
 import secrets
+import time
 import uuid
 from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
+
+
+def connection_token(key, user_id, connection_id=None, ttl=300, algorithm='HS256'):
+    """A signed connection token for the page: `socket.emit('register', token, ack)`.
+
+    `key` is CONNECTION_SECRET for HS256, or the PEM private key (RS256, ES256) whose
+    public key the server has as CONNECTION_PUBLIC_KEY. The token names the user and a
+    connectionId (made up if None: revoke it with `revoke(user_id, connection_id)`, so keep
+    it), and expires after `ttl` seconds (at most the server's REGISTRATION_TTL).
+    Needs PyJWT (`pip install "PyJWT[crypto]"`).
+    """
+    import jwt
+    now = int(time.time())
+    return jwt.encode({'sub': user_id, 'jti': connection_id or secrets.token_urlsafe(24),
+                       'iat': now, 'exp': now + int(ttl)}, key, algorithm=algorithm)
 
 
 class NotificationError(Exception):
@@ -77,10 +96,16 @@ class NotificationClient:
                    params={'connectionId': connection_id})
         return connection_id
 
-    def push(self, user_id, message, idempotency_key=None):
-        """Send `message` (any JSON value but None) to the user; return its message id."""
-        return self._push(f'/api/{_path(user_id)}/push', {'message': message},
-                          idempotency_key)['id']
+    def push(self, user_id, message, idempotency_key=None, fallback_after=None):
+        """Send `message` (any JSON value but None) to the user; return its message id.
+
+        With `fallback_after` (seconds), a `message.unacknowledged` webhook follows if no
+        socket of the user acknowledged it by then.
+        """
+        body = {'message': message}
+        if fallback_after is not None:
+            body['fallback_after'] = fallback_after
+        return self._push(f'/api/{_path(user_id)}/push', body, idempotency_key)['id']
 
     def push_many(self, user_ids, message, idempotency_key=None):
         """Send one message to many users; return {userId: message id}."""
@@ -94,6 +119,12 @@ class NotificationClient:
     def _push(self, path, body, idempotency_key):
         key = idempotency_key or str(uuid.uuid4())
         return self._call('POST', path, json=body, headers={'Idempotency-Key': key})
+
+    def message(self, user_id, message_id):
+        """Whether a socket of the user acknowledged a message, and whether it is still in
+        the history: {'id', 'userId', 'acknowledged', 'inHistory'}; NotificationError with
+        status 404 if the server keeps no record of it."""
+        return self._call('GET', f'/api/{_path(user_id)}/messages/{_path(message_id)}')
 
     def sessions(self, user_id):
         """The user's presence: {'userId': ..., 'online': n, 'registered': n}."""

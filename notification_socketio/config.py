@@ -43,6 +43,13 @@ class Config:
     max_sessions_per_user: int = 10000
     max_register_failures: int = 5
     max_socket_buffer_bytes: int = 1048576
+    webhook_urls: tuple = ()
+    webhook_secret: str = None
+    webhook_retry_for: int = 3600
+    webhook_queue_size: int = 10000
+    offline_grace: float = 10.0
+    connection_secret: str = None
+    connection_public_key: str = None
 
     @classmethod
     def from_env(cls, environ=None):
@@ -75,6 +82,9 @@ class Config:
             max_register_failures=_int(env, 'MAX_REGISTER_FAILURES', 5, low=1),
             max_socket_buffer_bytes=_int(env, 'MAX_SOCKET_BUFFER_BYTES', 1048576,
                                          low=65536),
+            **_webhooks(env),
+            offline_grace=_float(env, 'OFFLINE_GRACE', 10.0, low=0),
+            **_connection_keys(env),
         )
 
     def __post_init__(self):
@@ -102,7 +112,7 @@ def _int(env, name, default, low=None, high=None):
     return value
 
 
-def _float(env, name, default):
+def _float(env, name, default, low=None):
     raw = env.get(name, '').strip()
     if not raw:
         return default
@@ -110,9 +120,45 @@ def _float(env, name, default):
         value = float(raw)
     except ValueError:
         raise ConfigError(f'{name} must be a number of seconds, not {raw!r}') from None
-    if not 0 < value <= 3600:
-        raise ConfigError(f'{name} must be between 0 and 3600 seconds, not {raw}')
+    if not (0 < value if low is None else low <= value) or value > 3600:
+        raise ConfigError(f'{name} must be between {low or 0} and 3600 seconds, not {raw}')
     return value
+
+
+def _webhooks(env):
+    """WEBHOOK_URL (one or several, comma-separated) and the secret that signs each call."""
+    urls = tuple(dict.fromkeys(u.strip() for u in env.get('WEBHOOK_URL', '').split(',')
+                               if u.strip()))
+    secret = env.get('WEBHOOK_SECRET', '').strip() or None
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ('http', 'https') or not parts.hostname:
+            raise ConfigError(f'WEBHOOK_URL entries must be http(s) URLs, not {url!r}')
+    if urls and not secret:
+        raise ConfigError('WEBHOOK_URL is set but WEBHOOK_SECRET is not: refusing to send '
+                          'unsigned webhooks (set WEBHOOK_SECRET to a long random string)')
+    if secret and len(secret) < 16:
+        raise ConfigError('WEBHOOK_SECRET must be at least 16 characters long')
+    return {'webhook_urls': urls, 'webhook_secret': secret,
+            'webhook_retry_for': _int(env, 'WEBHOOK_RETRY_FOR', 3600, low=600,
+                                      high=7 * 86400),
+            'webhook_queue_size': _int(env, 'WEBHOOK_QUEUE_SIZE', 10000, low=100)}
+
+
+def _connection_keys(env):
+    """CONNECTION_SECRET (HS256) and CONNECTION_PUBLIC_KEY (PEM: RS256 or ES256)."""
+    secret = env.get('CONNECTION_SECRET', '').strip() or None
+    if secret is not None and len(secret.encode()) < 32:
+        # RFC 7518 3.2: an HS256 key at least as long as the hash (32 bytes).
+        raise ConfigError('CONNECTION_SECRET must be at least 32 bytes long (HS256)')
+    public_key = env.get('CONNECTION_PUBLIC_KEY', '').strip() or None
+    if public_key is not None:
+        from .tokens import load_public_key
+        try:
+            load_public_key(public_key)
+        except ValueError as error:
+            raise ConfigError(f'CONNECTION_PUBLIC_KEY: {error}') from None
+    return {'connection_secret': secret, 'connection_public_key': public_key}
 
 
 def _choice(env, name, default, choices):

@@ -95,16 +95,17 @@ class DeliveryManager(socketio.Manager):
 
     # The backend's side: push, broadcast, revoke.
 
-    def push(self, targets, message, idempotency=None):
+    def push(self, targets, message, idempotency=None, fallback_after=None):
         """Keep `message` in each target's history and send it to its sockets.
 
         A target is a userId, or EVERYONE (a broadcast). Returns the state's Appended,
-        one Entry per target; a push repeated with its Idempotency is sent no more.
+        one Entry per target; a push repeated with its Idempotency is sent no more. With
+        `fallback_after`, its sockets are asked to acknowledge it at once (`ping_soon`).
         """
-        appended = self.state.append(targets, message, idempotency)
+        appended = self.state.append(targets, message, idempotency, fallback_after)
         if self.state.local and not appended.repeated:
             for target, entry in zip(targets, appended.entries):
-                self.deliver(target, entry)
+                self.deliver(target, entry, bool(fallback_after))
         return appended
 
     def revoke(self, user_id, connection_id=None):
@@ -120,8 +121,11 @@ class DeliveryManager(socketio.Manager):
                  'all connections' if connection_id is None
                  else 'connection ' + redact(connection_id), user_id, len(holders))
 
-    def deliver(self, target, entry):
-        """Send an appended entry to this process's sockets of a user, or all (never blocks)."""
+    def deliver(self, target, entry, acknowledge_soon=False):
+        """Send an appended entry to this process's sockets of a user, or all (never blocks).
+
+        `acknowledge_soon`: the push waits to learn that it arrived (a fallback).
+        """
         key = parse_message_id(entry.message_id)
         encoded = None
         sent = 0
@@ -138,7 +142,14 @@ class DeliveryManager(socketio.Manager):
             self.server._send_eio_packet(eio_sid, encoded)
             holder.sent(entry.message_id, key)
             sent += 1
+            if acknowledge_soon:
+                self._ping_soon(eio_sid)
         self._live.inc(sent)
+
+    def _ping_soon(self, eio_sid):
+        ping_soon = getattr(self.server.eio.sockets.get(eio_sid), 'ping_soon', None)
+        if ping_soon is not None:
+            ping_soon()
 
     def _recipients(self, target):
         if target is EVERYONE:
@@ -299,6 +310,9 @@ class DeliveryManager(socketio.Manager):
             if not holder.history_stale:
                 break
         holder.replaying = False
+        if replayed or live:
+            # A reconnecting client's replay may hold messages whose sender waits for them.
+            self._ping_soon(self.eio_sid_from_sid(sid, NAMESPACE))
         self._replayed.inc(replayed)
         self._live.inc(live)   # held back during the replay, live all the same
         if replayed:

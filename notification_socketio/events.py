@@ -10,7 +10,8 @@ from flask import current_app, request
 from socketio import packet as sio_packet
 
 from .delivery import NAMESPACE, redact
-from .state import NotRegistered, StateUnavailable, parse_message_id
+from .state import (NotRegistered, Revoked, StateUnavailable, TooManySessions,
+                    parse_message_id)
 from .validation import InvalidInput, check_id
 
 
@@ -46,17 +47,54 @@ def guard_event_names(server):
     server._handle_event = guarded
 
 
+_UNAVAILABLE = {'ok': False, 'error': 'the server cannot reach its state right now; '
+                                     'register again in a moment'}
+
+
 def on_register(*args):
-    """`register(userId, connectionId[, {"since": id}])`; the acknowledgement says how it went."""
+    """`register(userId, connectionId[, {"since": id}])`, or `register(token[, options])`.
+
+    The acknowledgement says how it went.
+    """
+    if args and (len(args) == 1 or (len(args) == 2 and not isinstance(args[1], str))):
+        return _register_with_token(args)
     try:
         user_id, connection_id, since = _register_arguments(args)
     except InvalidInput as error:
         return _failed(str(error))
+    return _attach(user_id, connection_id, since)
+
+
+def _register_with_token(args):
+    """A connection token makes the registration, as PUT /api/{userId}/register would."""
+    server = current_app.extensions['notification_socketio']
+    try:
+        if not isinstance(args[0], str):
+            raise InvalidInput('register takes userId and connectionId, or a connection '
+                               'token, then an optional options object')
+        since = _since(args[1] if len(args) == 2 else None)
+        user_id, connection_id, issued_at = server.tokens.verify(args[0])
+    except InvalidInput as error:
+        log.info('socket failed to register with a connection token: %s', error)
+        return _failed(str(error))
+    try:
+        server.state.register_token(user_id, connection_id, issued_at)
+    except Revoked:
+        log.info('socket presented a token of revoked connection %r of user %r',
+                 redact(connection_id), user_id[:64])
+        return _failed('this connection was revoked by the backend')
+    except TooManySessions:
+        return {'ok': False, 'error': 'this user has too many sessions open'}
+    except StateUnavailable:
+        return _UNAVAILABLE
+    return _attach(user_id, connection_id, since)
+
+
+def _attach(user_id, connection_id, since):
     try:
         _delivery().attach(request.sid, user_id, connection_id, since)
     except StateUnavailable:
-        return {'ok': False, 'error': 'the server cannot reach its state right now; '
-                                      'register again in a moment'}
+        return _UNAVAILABLE
     except NotRegistered:
         # The client chose these strings: quoted, so that they cannot forge log lines.
         log.info('socket failed to claim connection %r of user %r',
@@ -98,7 +136,12 @@ def _register_arguments(args):
                            'options object')
     user_id = check_id(args[0], 'userId')
     connection_id = check_id(args[1], 'connectionId')
-    options = args[2] if len(args) == 3 and args[2] is not None else {}
+    return user_id, connection_id, _since(args[2] if len(args) == 3 else None)
+
+
+def _since(options):
+    """The `since` of register's options object (None or a dict)."""
+    options = {} if options is None else options
     if not isinstance(options, dict):
         raise InvalidInput('the options of register must be an object like {"since": id}')
     since = options.get('since')
@@ -107,7 +150,7 @@ def _register_arguments(args):
             parse_message_id(since)
         except ValueError as error:
             raise InvalidInput(f'since: {error}') from None
-    return user_id, connection_id, since
+    return since
 
 
 def _delivery():

@@ -17,8 +17,8 @@ import time
 
 from . import errors, jsoncodec
 from .metrics import PUSH_ROUTES, outcome_of
-from .validation import (InvalidInput, check_id, idempotency_of, message_of, parse_json,
-                         token_matches)
+from .validation import (InvalidInput, check_id, fallback_after_of, idempotency_of,
+                         message_of, parse_json, token_matches)
 
 log = logging.getLogger(__name__)
 _PREFIX, _SUFFIX = '/api/', '/push'
@@ -72,7 +72,8 @@ class FastPush:
             return '500 INTERNAL SERVER ERROR', _HEADERS, errors.error_body('internal error')
         self.pushed.inc()
         self.latency.observe(time.perf_counter() - started)
-        body = ('{"id":%s}\n' % jsoncodec.dumps(appended.entries[0].message_id)).encode()
+        body = ('{"id":%s,"online":%d}\n' % (jsoncodec.dumps(appended.entries[0].message_id),
+                                              appended.online[0])).encode()
         return '200 OK', _REPLAYED if appended.repeated else _HEADERS, body
 
     def _read(self, environ, user_id):
@@ -93,9 +94,11 @@ class FastPush:
         environ['wsgi.input'] = io.BytesIO(body)   # for Flask, if it answers after all
         environ['CONTENT_LENGTH'] = str(len(body))
         try:
-            message = message_of(parse_json(body))
+            payload = parse_json(body)
+            message = message_of(payload)
             idempotency = idempotency_of(environ.get('HTTP_IDEMPOTENCY_KEY'),
                                          _PREFIX + user_id + _SUFFIX, body)
+            fallback_after = fallback_after_of(payload)
         except InvalidInput:
             return None
-        return [user_id], message, idempotency
+        return [user_id], message, idempotency, fallback_after

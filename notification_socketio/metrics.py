@@ -50,6 +50,14 @@ class Metrics:
             'nsio_revocations', 'Sockets disconnected by a revocation',
             registry=self.registry)
 
+        self.webhooks = Counter(
+            'nsio_webhooks', 'Webhook calls made by this process, by event and outcome '
+            '(sent: a 2xx; failed: retried later; abandoned: WEBHOOK_RETRY_FOR passed)',
+            ['event', 'outcome'], registry=self.registry)
+        self.webhooks_dropped = Counter(
+            'nsio_webhooks_dropped', 'Webhook events dropped because the in-memory queue '
+            'was full (WEBHOOK_QUEUE_SIZE; never with Redis)', registry=self.registry)
+
     def watch(self, server):
         """Read sockets, users and state errors from `server` at each scrape."""
         self.registry.register(_LiveValues(server))
@@ -90,7 +98,16 @@ class _LiveValues:
                                   'with a socket here; none left behind)')
         rooms.add_metric([], sum(1 for room in self.server.socketio.server.manager.rooms.get(
             '/', {}) if isinstance(room, str) and room.startswith('user:')))
-        return [sockets, legacy, direct, held, users, errors, rooms]
+        found = [sockets, legacy, direct, held, users, errors, rooms]
+        if self.server.webhooks is not None:
+            queued = self.server.webhooks.queued()
+            if queued is not None:
+                waiting = GaugeMetricFamily('nsio_webhooks_queued',
+                                            'Webhook calls waiting to be made or retried '
+                                            '(with Redis: of every process)')
+                waiting.add_metric([], queued)
+                found.append(waiting)
+        return found
 
     def describe(self):
         return []

@@ -6,7 +6,7 @@ documented status of every route is produced and checked against its schema.
 from flask import Blueprint
 
 from . import __version__
-from .validation import MAX_ID_LENGTH
+from .validation import MAX_FALLBACK_AFTER, MAX_ID_LENGTH
 
 bp = Blueprint('openapi', __name__)
 
@@ -49,7 +49,13 @@ _PUSH_FAILURES = {
 }
 _OK = _json({'type': 'object', 'required': ['ok'], 'properties': {'ok': {'const': True}}},
             'Done.')
-_MESSAGE_BODY = {
+_FALLBACK_AFTER = {
+    'type': 'number', 'minimum': 1, 'maximum': MAX_FALLBACK_AFTER,
+    'description': 'Seconds: if no socket of the user has acknowledged the message by '
+                   'then, a `message.unacknowledged` webhook carries it (WEBHOOK_URL).'}
+_ONLINE = {'type': 'integer', 'minimum': 0,
+           'description': 'Sockets that held the user\'s registrations when it was sent.'}
+_BROADCAST_BODY = {
     'required': True,
     'content': {
         'application/json': {'schema': {
@@ -64,8 +70,41 @@ _MESSAGE_BODY = {
             'properties': {'message': {'type': 'string'}}}},
     },
 }
-_PUSHED = _json({'type': 'object', 'required': ['id'], 'properties': {'id': _MESSAGE_ID}},
+_MESSAGE_BODY = {**_BROADCAST_BODY, 'content': {
+    **_BROADCAST_BODY['content'],
+    'application/json': {'schema': {
+        'type': 'object', 'required': ['message'],
+        'properties': {'message': _ANY_JSON_BUT_NULL, 'fallback_after': _FALLBACK_AFTER}}}}}
+_BROADCASTED = _json({'type': 'object', 'required': ['id'],
+                      'properties': {'id': _MESSAGE_ID}},
+                     'Kept in the history and sent; `id` is the message id the sockets see.')
+_PUSHED = _json({'type': 'object', 'required': ['id', 'online'],
+                 'properties': {'id': _MESSAGE_ID, 'online': _ONLINE}},
                 'Kept in the history and sent; `id` is the message id the sockets see.')
+_EVENT_USER = {'type': 'object', 'required': ['userId'],
+               'properties': {'userId': {'type': 'string'}}}
+
+
+def _event(event_type, data, summary):
+    """A webhook of the document's `webhooks` section."""
+    return {'post': {
+        'operationId': event_type.replace('.', '_'), 'summary': summary,
+        'parameters': [{
+            'name': 'X-Notification-Signature', 'in': 'header', 'required': True,
+            'schema': {'type': 'string', 'pattern': '^t=[0-9]+,v1=[0-9a-f]{64}$'},
+            'description': 'The hex HMAC-SHA256, keyed with WEBHOOK_SECRET, of '
+                           '"<t>.<raw body>"; reject a t far from now (a replay).'}],
+        'requestBody': {'required': True, 'content': {'application/json': {'schema': {
+            'type': 'object', 'required': ['id', 'type', 'ts', 'data'],
+            'properties': {
+                'id': {'type': 'string', 'description': 'The same on every retry: '
+                                                        'de-duplicate on it.'},
+                'type': {'const': event_type},
+                'ts': {'type': 'integer', 'description': 'When it happened, ms since '
+                                                         'the epoch.'},
+                'data': data}}}}},
+        'responses': {'2XX': {'description': 'Received; anything else (or no answer in '
+                                             '10 s) is retried with backoff.'}}}}
 _SECURED = [{'token': []}]
 
 DOCUMENT = {
@@ -75,7 +114,20 @@ DOCUMENT = {
         'version': __version__,
         'description': 'Push JSON messages to every open browser tab of a user over '
                        'Socket.IO. Socket.IO clients connect to /socket.io/ and emit '
-                       '`register(userId, connectionId)`; see README.md.',
+                       '`register(userId, connectionId)` (or `register(token)`); see '
+                       'README.md. The `webhooks` are POSTed to each WEBHOOK_URL.',
+    },
+    'webhooks': {
+        'user.online': _event('user.online', _EVENT_USER,
+                              'A user went from no live socket, on any process, to one.'),
+        'user.offline': _event('user.offline', _EVENT_USER,
+                               'The user\'s last live socket has been gone for '
+                               'OFFLINE_GRACE seconds.'),
+        'message.unacknowledged': _event('message.unacknowledged', {
+            'type': 'object', 'required': ['userId', 'id', 'message'],
+            'properties': {'userId': {'type': 'string'}, 'id': _MESSAGE_ID,
+                           'message': _ANY_JSON_BUT_NULL}},
+            'A push with `fallback_after`: no socket of the user acknowledged it in time.'),
     },
     'components': {
         'securitySchemes': {'token': {'type': 'apiKey', 'in': 'header',
@@ -123,6 +175,30 @@ DOCUMENT = {
                 'requestBody': _MESSAGE_BODY,
                 'responses': {'200': _PUSHED, **_PUSH_FAILURES}},
         },
+        '/api/{userId}/messages/{id}': {
+            'parameters': [_USER_ID, {'name': 'id', 'in': 'path', 'required': True,
+                                      'schema': _MESSAGE_ID}],
+            'get': {
+                'operationId': 'message_status', 'security': _SECURED,
+                'summary': 'Whether a socket of the user acknowledged a message.',
+                'responses': {
+                    '200': _json({
+                        'type': 'object',
+                        'required': ['id', 'userId', 'acknowledged', 'inHistory'],
+                        'properties': {
+                            'id': _MESSAGE_ID, 'userId': {'type': 'string'},
+                            'acknowledged': {'type': 'boolean', 'description':
+                                             'A socket of the user confirmed receiving it '
+                                             '(Engine.IO heartbeat).'},
+                            'inHistory': {'type': 'boolean', 'description':
+                                          'A reconnecting socket would still get it.'}}},
+                        'What is known of the message.'),
+                    '400': _INVALID, '401': _UNAUTHORIZED,
+                    '404': _error('The user never had this message, or it left every '
+                                  'record (the newest 1,000 per user, kept an hour or '
+                                  'HISTORY_TTL).'),
+                    '503': _UNAVAILABLE}},
+        },
         '/api/push': {'post': {
             'operationId': 'push_many', 'security': _SECURED,
             'parameters': [_IDEMPOTENCY_KEY],
@@ -130,18 +206,33 @@ DOCUMENT = {
             'requestBody': {'required': True, 'content': {'application/json': {'schema': {
                 'type': 'object', 'required': ['users', 'message'], 'properties': {
                     'users': {'type': 'array', 'minItems': 1, 'items': _ID},
-                    'message': _ANY_JSON_BUT_NULL}}}}},
+                    'message': _ANY_JSON_BUT_NULL, 'fallback_after': _FALLBACK_AFTER}}}}},
             'responses': {
-                '200': _json({'type': 'object', 'required': ['ids'], 'properties': {
-                    'ids': {'type': 'object', 'additionalProperties': _MESSAGE_ID}}},
-                    'Sent; the message id of each user.'),
+                '200': _json({'type': 'object', 'required': ['ids', 'online'], 'properties': {
+                    'ids': {'type': 'object', 'additionalProperties': _MESSAGE_ID},
+                    'online': {'type': 'object', 'additionalProperties': _ONLINE}}},
+                    'Sent; the message id of each user, and its sockets.'),
                 **_PUSH_FAILURES}}},
         '/api/broadcast': {'post': {
             'operationId': 'broadcast', 'security': _SECURED,
             'summary': 'Send one message to every registered session, whoever its user.',
             'parameters': [_IDEMPOTENCY_KEY],
-            'requestBody': _MESSAGE_BODY,
-            'responses': {'200': _PUSHED, **_PUSH_FAILURES}}},
+            'requestBody': _BROADCAST_BODY,
+            'responses': {'200': _BROADCASTED, **_PUSH_FAILURES}}},
+        '/api/webhooks': {'get': {
+            'operationId': 'webhooks', 'security': _SECURED,
+            'summary': 'The webhook URLs, the calls waiting, and this process\'s latest '
+                       'calls (the console shows them).',
+            'responses': {
+                '200': _json({
+                    'type': 'object', 'required': ['urls', 'queued', 'recent'],
+                    'properties': {
+                        'urls': {'type': 'array', 'items': {'type': 'string'},
+                                 'description': 'Without credentials or query string.'},
+                        'queued': {'type': ['integer', 'null'], 'minimum': 0},
+                        'recent': {'type': 'array', 'items': {'type': 'object'}}}},
+                    'Webhooks.'),
+                '401': _UNAUTHORIZED}}},
         '/api/{userId}/sessions': {
             'parameters': [_USER_ID],
             'get': {

@@ -169,6 +169,7 @@ class DirectSocket(eio_socket.Socket):
     backlog_bytes = 0
     shut = False         # shutdown() once the backlog is out
     ping_timer = None
+    ping_again = False   # PING again as soon as the PING under way is answered
     queued_bytes = 0     # on long-polling: what waits in the queue
     overflowed = False
 
@@ -360,9 +361,29 @@ class DirectSocket(eio_socket.Socket):
             return
         if self.last_ping:
             self.last_ping = None
+            if self.ping_again:
+                self.ping_again = False
+                self._ping()
+                return
             if self.ping_timer is None:
                 self.ping_timer = gevent.get_hub().loop.timer(self.server.ping_interval)
             self.ping_timer.start(gevent.spawn, self._ping)
+
+    def ping_soon(self):
+        """PING now, behind what was sent: its PONG acknowledges it within a round trip.
+
+        For messages whose sender waits to learn they arrived (a push with a fallback).
+        Between heartbeats the PING goes at once and the next interval starts from its
+        PONG; with a PING under way, another follows its PONG. Engine.IO 3 clients PING
+        on their own clock: nothing to do.
+        """
+        if self.engineio3 or self.closing or self.closed:
+            return
+        if self.last_ping is None and self.ping_timer is not None:
+            self.ping_timer.stop()
+            self._ping()
+        else:
+            self.ping_again = True
 
     def _expect_client_ping(self):
         """Engine.IO 3: the client PINGs; one that does not for a heartbeat is gone."""

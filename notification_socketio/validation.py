@@ -68,6 +68,23 @@ def message_of(payload):
     return payload['message']
 
 
+MAX_FALLBACK_AFTER = 86400
+
+
+def fallback_after_of(payload):
+    """The `fallback_after` of a push body (seconds, 1 to 86400), None if absent."""
+    value = payload.get('fallback_after') if isinstance(payload, dict) else None
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().isdigit():   # a form body's text
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not 1 <= value <= MAX_FALLBACK_AFTER:
+        raise InvalidInput(f'fallback_after must be a number of seconds from 1 to '
+                           f'{MAX_FALLBACK_AFTER}')
+    return value
+
+
 def token_matches(given, tokens):
     """True if the X-AUTH-TOKEN value `given` is one of `tokens`.
 

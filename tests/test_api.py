@@ -289,9 +289,9 @@ def test_the_fast_push_path_answers_exactly_like_the_flask_route(rest, app):
     assert fast.status_code == routed.status_code == 200
     assert dict(fast.headers) == {**dict(routed.headers),
                                   'Content-Length': str(len(fast.get_data()))}
-    assert set(fast.json) == set(routed.json) == {'id'}
-    assert fast.get_data() == ('{"id":"%s"}\n' % fast.json['id']).encode()
-    assert routed.get_data() == ('{"id":"%s"}\n' % routed.json['id']).encode()
+    assert set(fast.json) == set(routed.json) == {'id', 'online'}
+    assert fast.get_data() == ('{"id":"%s","online":0}\n' % fast.json['id']).encode()
+    assert routed.get_data() == ('{"id":"%s","online":0}\n' % routed.json['id']).encode()
     metrics = rest.get('/metrics').get_data(as_text=True)
     assert 'nsio_pushes_total{outcome="ok",route="push"} 2.0' in metrics
     assert 'nsio_push_latency_seconds_count{route="push"} 2.0' in metrics

@@ -167,6 +167,26 @@ def test_the_console_registers_receives_and_pushes(page, start_server, cdn, clie
         page.screenshot(path=ARTIFACTS / 'console.png')
 
 
+def test_the_console_shows_the_latest_webhook_calls(page, start_server, cdn, client_js):
+    from test_webhooks import Receiver, telling_env
+    receiver = Receiver()
+    receiver.failing = True
+    try:
+        server = start_server(env={'SOCKETIO_CLIENT_URL': cdn,
+                                   'SOCKETIO_CLIENT_INTEGRITY': sri(client_js),
+                                   **telling_env(receiver)})
+        open_console(page, server, unique('hooked'), 'websocket')   # user.online
+        page.wait_for_selector('#webhook-calls tr[data-outcome="failed"]:has-text("500")')
+        assert '1 URL' in page.text_content('#webhook-summary')
+        assert 'user.online' in page.text_content('#webhook-calls tbody')
+        receiver.failing = False
+        page.wait_for_selector('#webhook-calls tr[data-outcome="sent"]:has-text("204")',
+                               timeout=20000)
+        assert receiver.url in page.text_content('#webhook-calls tbody')
+    finally:
+        receiver.close()
+
+
 def test_the_console_shows_a_wrong_token_and_keeps_it_out_of_the_url(page, start_server, cdn):
     server = start_server(env={'SOCKETIO_CLIENT_URL': cdn})
     page.goto(server.url + '/console')

@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 import uuid
 
 import pytest
@@ -130,3 +131,15 @@ def test_the_command_line_listens_and_pushes(server, user):
     refused = subprocess.run([*command, 'push', user, 'x', '--token', 'wrong'], env=env,
                              cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1 and '401' in refused.stderr
+
+
+def test_the_client_asks_for_a_fallback_and_reads_a_message_s_status(server):
+    from notification_socketio.client import NotificationError
+    with NotificationClient(server.url, token=TOKEN) as client:
+        user = f'client-{time.time_ns()}'
+        message_id = client.push(user, {'title': 'hi'}, fallback_after=60)
+        assert client.message(user, message_id) == {
+            'id': message_id, 'userId': user, 'acknowledged': False, 'inHistory': False}
+        with pytest.raises(NotificationError) as raised:
+            client.message(user, '1-0')
+        assert raised.value.status == 404

@@ -62,6 +62,17 @@ CASES = {
         409: ('/api/broadcast', {'headers': keyed('all'), 'data': {'message': 'other'}}),
         413: ('/api/broadcast', {'headers': AUTH, 'json': BIG}),
     },
+    ('/api/{userId}/messages/{id}', 'get'): {
+        200: (lambda server: f'/api/u1/messages/{server.pushed("u1", "m")}',
+              {'headers': AUTH}),
+        400: ('/api/u1/messages/not-an-id', {'headers': AUTH}),
+        401: ('/api/u1/messages/1-0', {}),
+        404: ('/api/u1/messages/1-0', {'headers': AUTH}),
+    },
+    ('/api/webhooks', 'get'): {
+        200: ('/api/webhooks', {'headers': AUTH}),
+        401: ('/api/webhooks', {}),
+    },
     ('/api/{userId}/sessions', 'get'): {
         200: ('/api/u1/sessions', {'headers': AUTH}),
         400: (f'/api/{TOO_LONG}/sessions', {'headers': AUTH}),
@@ -127,11 +138,13 @@ def test_every_documented_status_is_produced_as_documented(redis_server, start_s
     server = start_server(env={'REDIS_URL': redis_server.url})
     for (path, method), statuses in CASES.items():
         for status, (url, options) in statuses.items():
+            url = url(server) if callable(url) else url
             response = requests.request(method, server.url + url, timeout=10, **options)
             assert response.status_code == status, (method, url, response.text)
             check(response, path, method)
     redis_server.stop()
     for (path, method), (url, options) in UNAVAILABLE.items():
+        url = '/api/u1/messages/1-0' if callable(url) else url
         response = requests.request(method, server.url + url, timeout=30, **options)
         assert response.status_code == 503, (method, url, response.text)
         check(response, path, method)
@@ -175,4 +188,4 @@ def test_schemathesis_finds_nothing_wrong(server, tmp_path):
          '--workers', '1'],
         capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
-    assert 'Tested: 11' in result.stdout
+    assert 'Tested: 13' in result.stdout

@@ -32,6 +32,15 @@ class Appended(typing.NamedTuple):
 
     entries: list
     repeated: bool = False
+    #: Per target, the sockets that held the user's registrations (None for a broadcast).
+    online: list = ()
+
+
+class MessageStatus(typing.NamedTuple):
+    """What is known of one message of a user (GET /api/{userId}/messages/{id})."""
+
+    acknowledged: bool   # a socket of the user confirmed receiving it
+    in_history: bool     # a reconnecting socket would still get it
 
 
 class Idempotency(typing.NamedTuple):
@@ -56,6 +65,10 @@ class TooManySessions(Exception):
     """The user has MAX_SESSIONS_PER_USER registrations, every one held by a live socket."""
 
 
+class Revoked(Exception):
+    """A connection token names a registration the backend revoked."""
+
+
 class StateUnavailable(Exception):
     """The shared state (Redis) cannot be reached; nothing was changed, the caller may retry."""
 
@@ -66,6 +79,14 @@ class OutcomeUnknown(Exception):
 
 class IdempotencyConflict(Exception):
     """An Idempotency-Key came back with another request than the one it was first used for."""
+
+
+#: Per user, the newest message ids kept to answer GET /api/{userId}/messages/{id}.
+MESSAGE_RECORDS = 1000
+#: And for at least this long (or HISTORY_TTL, if longer).
+MESSAGE_RECORD_TTL = 3600
+#: How long a revocation keeps connection tokens of the connection from registering it again
+#: is REGISTRATION_TTL: a token's `exp` is never further ahead (tokens.py).
 
 
 def parse_message_id(message_id):
@@ -94,6 +115,11 @@ class State(abc.ABC):
     failures = 0
 
     def __init__(self, config):
+        self.webhook_urls = tuple(config.webhook_urls)
+        #: Presence is followed only when someone is told of it.
+        self.presence = bool(self.webhook_urls)
+        self.offline_grace = config.offline_grace
+        self.record_ttl = max(config.history_ttl, MESSAGE_RECORD_TTL)
         self.registration_ttl = config.registration_ttl
         self.max_sessions = config.max_sessions_per_user
         self.history_size = config.history_size
@@ -114,10 +140,20 @@ class State(abc.ABC):
         """
 
     @abc.abstractmethod
+    def register_token(self, user_id, connection_id, issued_at):
+        """`register` for a verified connection token; Revoked if the backend revoked it.
+
+        A token is refused after `revoke` of its connection (until REGISTRATION_TTL, which
+        outlives every token), and after `revoke` of all the user's connections if it was
+        issued (`iat`; None: unknown) before it. `register` lifts the first.
+        """
+
+    @abc.abstractmethod
     def claim(self, user_id, connection_id, sid):
         """Give the registration to socket `sid`; return a Claim.
 
         Raises NotRegistered when the registration does not exist or has expired.
+        With webhooks, a user with no live socket before it is now online: `user.online`.
         """
 
     @abc.abstractmethod
@@ -125,7 +161,8 @@ class State(abc.ABC):
         """Socket `sid` still holds the registration and has received up to `message_id`.
 
         Ignored if `sid` no longer holds it. `message_id` None only keeps the
-        registration alive.
+        registration alive. The user's messages after the registration's previous mark,
+        up to `message_id`, are acknowledged: no `message.unacknowledged` for them.
         """
 
     @abc.abstractmethod
@@ -149,7 +186,18 @@ class State(abc.ABC):
         """The user's presence, as Sessions."""
 
     @abc.abstractmethod
-    def append(self, targets, message, idempotency=None):
+    def message_status(self, user_id, message_id):
+        """MessageStatus of a message pushed to the user, or None if it left every record."""
+
+    @abc.abstractmethod
+    def tick(self):
+        """Send what fell due: `user.offline` after OFFLINE_GRACE, `message.unacknowledged`.
+
+        Every process calls it about once a second; each event is decided once.
+        """
+
+    @abc.abstractmethod
+    def append(self, targets, message, idempotency=None, fallback_after=None):
         """Give `message` one new id per target and keep it in each target's history.
 
         A target is a userId, or EVERYONE for a broadcast (kept in a history that every
@@ -161,6 +209,10 @@ class State(abc.ABC):
         appends nothing and returns the first push's entries, `repeated`; with another
         fingerprint, IdempotencyConflict. The key is kept atomically with the append.
         With Redis, OutcomeUnknown when Redis did not answer (it is never retried).
+
+        With `fallback_after` (seconds), a user whose sockets acknowledge none of it by
+        then gets a `message.unacknowledged` webhook. `online` counts, per user, the
+        sockets holding its registrations.
         """
 
     @abc.abstractmethod

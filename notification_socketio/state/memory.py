@@ -6,10 +6,12 @@ everyone: every such deadline is "now + a fixed TTL", so the order of the last r
 is the order of expiry.
 """
 import collections
+import heapq
 import time
 
-from .base import (EVERYONE, Appended, Claim, Entry, IdempotencyConflict, NotRegistered,
-                   Sessions, State, TooManySessions, parse_message_id)
+from .base import (EVERYONE, MESSAGE_RECORDS, Appended, Claim, Entry, IdempotencyConflict,
+                   MessageStatus, NotRegistered, Revoked, Sessions, State, TooManySessions,
+                   parse_message_id)
 
 
 class _Registration:
@@ -26,18 +28,43 @@ class MemoryState(State):
 
     local = True
 
-    def __init__(self, config, clock=time.time):
+    def __init__(self, config, clock=time.time, outbox=None):
         super().__init__(config)
+        if outbox is None:
+            from ..webhooks import MemoryOutbox
+            outbox = MemoryOutbox(self.webhook_urls, config.webhook_queue_size)
+        self.outbox = outbox
         self._clock = clock
+        self._held = collections.Counter()   # user_id -> registrations held by a socket
+        self._online = set()                 # users told online (with webhooks)
+        self._offline_due = collections.OrderedDict()   # user_id -> when to tell offline
+        self._records = {}         # user_id -> OrderedDict message id -> [key, acknowledged]
+        self._record_expiry = collections.OrderedDict()   # user_id -> newest record's ms
+        self._pending = {}         # user_id -> {message id: key} awaiting acknowledgement
+        self._fallbacks = []       # heap of (due, message id, user_id, message)
+        self._revoked = collections.OrderedDict()   # (user_id, connection_id) -> expiry
+        self._revoked_all = collections.OrderedDict()   # user_id -> (when, expiry)
         self._registrations = {}   # (user_id, connection_id) -> _Registration
         self._by_user = {}         # user_id -> set of its connection ids
         self._unheld = collections.OrderedDict()   # (user_id, connection_id) -> expiry
         self._histories = {}       # user_id (or EVERYONE) -> deque of Entry
         self._history_expiry = collections.OrderedDict()   # target -> newest entry's ts
-        self._idempotency = collections.OrderedDict()   # key -> (fingerprint, ids, expiry)
+        self._idempotency = collections.OrderedDict()   # key -> (fingerprint, ids, online, expiry)
         self._last_id = (0, -1)    # (ms, seq) of the newest message id, for every target
 
     def register(self, user_id, connection_id):
+        self._revoked.pop((user_id, connection_id), None)
+        self._register(user_id, connection_id)
+
+    def register_token(self, user_id, connection_id, issued_at):
+        self._sweep()
+        revoked_all = self._revoked_all.get(user_id)
+        if (user_id, connection_id) in self._revoked or (
+                revoked_all is not None and (issued_at is None or issued_at <= revoked_all[0])):
+            raise Revoked()
+        self._register(user_id, connection_id)
+
+    def _register(self, user_id, connection_id):
         now = self._sweep()
         registration = self._registrations.get((user_id, connection_id))
         if registration is None:
@@ -68,23 +95,67 @@ class MemoryState(State):
         if registration is None:
             raise NotRegistered()
         previous, registration.holder = registration.holder, sid
+        if previous is None:
+            self._held[user_id] += 1
         registration.expires_at = None
         self._unheld.pop((user_id, connection_id), None)
+        if self.presence:
+            self._offline_due.pop(user_id, None)
+            if user_id not in self._online:
+                self._online.add(user_id)
+                self.outbox.add('user.online', {'userId': user_id})
         return Claim(previous if previous != sid else None, registration.delivered_id)
 
     def confirm(self, user_id, connection_id, sid, message_id):
         registration = self._registrations.get((user_id, connection_id))
         if registration is not None and registration.holder == sid and message_id:
+            previous = registration.delivered_id
             registration.delivered_id = message_id
+            self._acknowledge(user_id, parse_message_id(previous) if previous else (-1, -1),
+                              parse_message_id(message_id))
+
+    def _acknowledge(self, user_id, after, upto):
+        """The user's messages with ids in (after, upto] reached a socket."""
+        if upto <= after:
+            return
+        for record in reversed(self._records.get(user_id, {}).values()):
+            if record[0] <= after:
+                break
+            if record[0] <= upto:
+                record[1] = True
+        pending = self._pending.get(user_id)
+        if pending:
+            for message_id, key in list(pending.items()):
+                if after < key <= upto:
+                    del pending[message_id]
+            if not pending:
+                del self._pending[user_id]
 
     def release(self, user_id, connection_id, sid):
         now = self._sweep()
         registration = self._registrations.get((user_id, connection_id))
         if registration is not None and registration.holder == sid:
             registration.holder = None
+            self._let_go(user_id, now)
             self._expire_later((user_id, connection_id), now)
 
+    def _let_go(self, user_id, now):
+        """One registration of the user is no longer held."""
+        self._held[user_id] -= 1
+        if self._held[user_id] <= 0:
+            del self._held[user_id]
+            if user_id in self._online:
+                self._offline_due[user_id] = now + self.offline_grace
+
     def revoke(self, user_id, connection_id=None):
+        now = self._sweep()
+        expiry = now + self.registration_ttl
+        if connection_id is None:
+            self._revoked_all[user_id] = (now, expiry)
+            self._revoked_all.move_to_end(user_id)
+        else:
+            self._revoked[(user_id, connection_id)] = expiry
+            self._revoked.move_to_end((user_id, connection_id))
         connection_ids = (list(self._by_user.get(user_id, ())) if connection_id is None
                           else [connection_id])
         holders = []
@@ -103,17 +174,47 @@ class MemoryState(State):
         return Sessions(online=sum(r.holder is not None for r in registrations),
                         registered=len(registrations))
 
-    def append(self, targets, message, idempotency=None):
+    def message_status(self, user_id, message_id):
+        self._sweep()
+        record = self._records.get(user_id, {}).get(message_id)
+        in_history = any(entry.message_id == message_id for entry in self.history(user_id))
+        if record is None or record[0][0] < (self._clock() - self.record_ttl) * 1000:
+            if not in_history:
+                return None
+            return MessageStatus(acknowledged=False, in_history=True)
+        return MessageStatus(acknowledged=record[1], in_history=in_history)
+
+    def tick(self):
+        now = self._sweep()
+        while self._offline_due:
+            user_id, due = next(iter(self._offline_due.items()))
+            if due > now:
+                break
+            del self._offline_due[user_id]
+            if not self._held.get(user_id):
+                self._online.discard(user_id)
+                self.outbox.add('user.offline', {'userId': user_id})
+        while self._fallbacks and self._fallbacks[0][0] <= now:
+            _, message_id, user_id, message = heapq.heappop(self._fallbacks)
+            pending = self._pending.get(user_id)
+            if pending and pending.pop(message_id, None) is not None:
+                if not pending:
+                    del self._pending[user_id]
+                self.outbox.add('message.unacknowledged',
+                                {'userId': user_id, 'id': message_id, 'message': message})
+
+    def append(self, targets, message, idempotency=None, fallback_after=None):
         now = self._sweep()
         if idempotency is not None:
             record = self._idempotency.get(idempotency.key)
             if record is not None:
-                fingerprint, message_ids, _ = record
+                fingerprint, message_ids, online, _ = record
                 if fingerprint != idempotency.fingerprint:
                     raise IdempotencyConflict()
                 return Appended([Entry(message_id, parse_message_id(message_id)[0], message)
-                                 for message_id in message_ids], repeated=True)
+                                 for message_id in message_ids], repeated=True, online=online)
         entries = []
+        online = []
         for target in targets:
             ms = max(int(now * 1000), self._last_id[0])
             seq = self._last_id[1] + 1 if ms == self._last_id[0] else 0
@@ -130,11 +231,27 @@ class MemoryState(State):
                 history.append(entry)
                 self._history_expiry[target] = ms
                 self._history_expiry.move_to_end(target)
+            if target is EVERYONE:
+                online.append(None)
+                continue
+            online.append(self._held.get(target, 0))
+            records = self._records.get(target)
+            if records is None:
+                records = self._records[target] = collections.OrderedDict()
+            records[entry.message_id] = [(ms, seq), False]
+            self._record_expiry[target] = ms
+            self._record_expiry.move_to_end(target)
+            if len(records) > MESSAGE_RECORDS:
+                records.popitem(last=False)
+            if fallback_after and self.webhook_urls:
+                self._pending.setdefault(target, {})[entry.message_id] = (ms, seq)
+                heapq.heappush(self._fallbacks,
+                               (now + fallback_after, entry.message_id, target, message))
         if idempotency is not None:
             self._idempotency[idempotency.key] = (
-                idempotency.fingerprint, [entry.message_id for entry in entries],
+                idempotency.fingerprint, [entry.message_id for entry in entries], online,
                 now + self.idempotency_ttl)
-        return Appended(entries)
+        return Appended(entries, online=online)
 
     def history(self, user_id, after_id=None):
         oldest_kept = int((self._clock() - self.history_ttl) * 1000)
@@ -155,6 +272,8 @@ class MemoryState(State):
         self._unheld.move_to_end(key)
 
     def _delete(self, user_id, connection_id):
+        if self._registrations[(user_id, connection_id)].holder is not None:
+            self._let_go(user_id, self._clock())
         del self._registrations[(user_id, connection_id)]
         self._unheld.pop((user_id, connection_id), None)
         connection_ids = self._by_user[user_id]
@@ -178,8 +297,21 @@ class MemoryState(State):
             del self._history_expiry[target]
             del self._histories[target]
         while self._idempotency:
-            key, (_, _, expires_at) = next(iter(self._idempotency.items()))
+            key, (_, _, _, expires_at) = next(iter(self._idempotency.items()))
             if expires_at > now:
                 break
             del self._idempotency[key]
+        oldest_record = (now - self.record_ttl) * 1000
+        while self._record_expiry:
+            user_id, newest = next(iter(self._record_expiry.items()))
+            if newest >= oldest_record:
+                break
+            del self._record_expiry[user_id]
+            del self._records[user_id]   # every record of the user is too old
+        for revocations in (self._revoked, self._revoked_all):
+            while revocations:
+                key, value = next(iter(revocations.items()))
+                if (value[1] if isinstance(value, tuple) else value) > now:
+                    break
+                del revocations[key]
         return now

@@ -22,18 +22,49 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .. import jsoncodec
-from .base import (EVERYONE, Appended, Claim, Entry, IdempotencyConflict, NotRegistered,
-                   OutcomeUnknown, Sessions, State, StateUnavailable, TooManySessions,
-                   parse_message_id)
+from .base import (EVERYONE, MESSAGE_RECORDS, Appended, Claim, Entry, IdempotencyConflict,
+                   MessageStatus, NotRegistered, OutcomeUnknown, Revoked, Sessions, State,
+                   StateUnavailable, TooManySessions, parse_message_id)
 
 CHANNEL = 'notification-socketio'
 #: Seconds a call waits for Redis to answer.
 REDIS_TIMEOUT = 3
 _KEY_FLOOR_MS = 1000   # PEXPIRE 0 would delete a stream at once
+_LEASE_MS = 30000      # a due presence check or fallback taken by one process, for this long
 
 _NOW_MS = """
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+"""
+
+# Parses a message id into two numbers; ids compare as (ms, seq).
+_IDS = """
+local function parse_id(id)
+  if not id or id == '' then return -1, -1 end
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function after(a_ms, a_seq, b_ms, b_seq)
+  return a_ms > b_ms or (a_ms == b_ms and a_seq > b_seq)
+end
+"""
+
+# Queues a webhook event for every URL (ARGV `urls`, newline-separated; '' for none): a
+# job per URL in the outbox (due jobs, jobs, and the event counter). The data is JSON.
+_OUTBOX = """
+local function enqueue(due, jobs, seq, urls, now_ms, event_type, data)
+  if urls == '' then return end
+  local event_id = string.format('evt_%d_%d', now_ms, redis.call('INCR', seq))
+  local body = '{"id":"' .. event_id .. '","type":"' .. event_type .. '","ts":' ..
+               string.format('%d', now_ms) .. ',"data":' .. data .. '}'
+  local i = 0
+  for url in string.gmatch(urls, '[^\\n]+') do
+    i = i + 1
+    local job = event_id .. '#' .. i
+    redis.call('HSET', jobs, job, string.format('%d', now_ms) .. ' ' .. url .. '\\n' .. body)
+    redis.call('ZADD', due, now_ms, job)
+  end
+end
 """
 
 # A user's registrations are also in two sorted sets, so that no script walks them all:
@@ -53,11 +84,22 @@ for i = 2, 3 do
 end
 """
 
-# KEYS: registration, unheld, held, last id.
-# ARGV: connectionId, ttl ms, registration key prefix, max sessions per user.
-# Returns 0, or -1 when the user's registrations are all held (TooManySessions).
+# KEYS: registration, unheld, held, last id, its revocation, the user's revocation.
+# ARGV: connectionId, ttl ms, registration key prefix, max sessions per user, and for a
+# connection token the ms it was issued at (-1: unknown), for the backend ''.
+# Returns 0, -1 when the user's registrations are all held (TooManySessions), -2 when a
+# token's registration was revoked.
 _REGISTER = _NOW_MS + """
 local unheld, held, ttl_ms = KEYS[2], KEYS[3], tonumber(ARGV[2])
+if ARGV[5] == '' then
+  redis.call('DEL', KEYS[5])
+else
+  if redis.call('EXISTS', KEYS[5]) == 1 then return -2 end
+  local revoked_all = redis.call('GET', KEYS[6])
+  if revoked_all and (ARGV[5] == '-1' or tonumber(ARGV[5]) <= tonumber(revoked_all)) then
+    return -2
+  end
+end
 if redis.call('EXISTS', KEYS[1]) == 1 then
   if redis.call('HGET', KEYS[1], 'holder') == '' then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -80,8 +122,11 @@ end
 return 0
 """
 
-# KEYS: registration, unheld, held. ARGV: connectionId, ttl ms, sid.
-_CLAIM = _NOW_MS + """
+# KEYS: registration, unheld, held, the user's presence, presence checks, the outbox (due jobs, jobs,
+# event counter). ARGV: connectionId, ttl ms, sid, userId, webhook URLs, ms
+# before the presence is checked.
+# With webhooks, a user with no presence gets one: `user.online`, in the same step.
+_CLAIM = _NOW_MS + _OUTBOX + """
 local registration = redis.call('HMGET', KEYS[1], 'holder', 'mark')
 if not registration[1] then return false end
 redis.call('HSET', KEYS[1], 'holder', ARGV[3], 'seen', now_ms)
@@ -89,13 +134,50 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], now_ms, ARGV[1])
 """ + _KEEP_INDEXES + """
+if ARGV[5] ~= '' then
+  redis.call('ZADD', KEYS[5], now_ms + tonumber(ARGV[6]), ARGV[4])
+  if redis.call('SET', KEYS[4], '1', 'NX') then
+    enqueue(KEYS[6], KEYS[7], KEYS[8], ARGV[5], now_ms, 'user.online',
+            '{"userId":' .. cjson.encode(ARGV[4]) .. '}')
+  end
+end
 return registration
 """
 
-# KEYS: registration, unheld, held. ARGV: connectionId, ttl ms, sid, message id or ''.
-_CONFIRM = _NOW_MS + """
+# KEYS: registration, unheld, held, the user's message records, acknowledged ones, pending
+# fallbacks, fallbacks due, their messages. ARGV: connectionId, ttl ms, sid, message id or
+# '', userId, record ttl ms, records kept.
+# The user's messages between the previous mark and the new one are acknowledged.
+_CONFIRM = _NOW_MS + _IDS + """
 if redis.call('HGET', KEYS[1], 'holder') ~= ARGV[3] then return 0 end
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'mark', ARGV[4]) end
+if ARGV[4] ~= '' then
+  local old_ms, old_seq = parse_id(redis.call('HGET', KEYS[1], 'mark'))
+  local new_ms, new_seq = parse_id(ARGV[4])
+  redis.call('HSET', KEYS[1], 'mark', ARGV[4])
+  if after(new_ms, new_seq, old_ms, old_seq) then
+    local acked = 0
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], old_ms, new_ms)) do
+      local ms, seq = parse_id(id)
+      if after(ms, seq, old_ms, old_seq) and not after(ms, seq, new_ms, new_seq) then
+        redis.call('ZADD', KEYS[5], ms, id)
+        acked = acked + 1
+      end
+    end
+    if acked > 0 then
+      redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now_ms - tonumber(ARGV[6]))
+      redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -tonumber(ARGV[7]) - 1)
+      redis.call('PEXPIRE', KEYS[5], ARGV[6])
+    end
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[6], old_ms, new_ms)) do
+      local ms, seq = parse_id(id)
+      if after(ms, seq, old_ms, old_seq) and not after(ms, seq, new_ms, new_seq) then
+        redis.call('ZREM', KEYS[6], id)
+        redis.call('ZREM', KEYS[7], id .. ':' .. ARGV[5])
+        redis.call('HDEL', KEYS[8], id .. ':' .. ARGV[5])
+      end
+    end
+  end
+end
 redis.call('HSET', KEYS[1], 'seen', now_ms)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[3], now_ms, ARGV[1])
@@ -103,7 +185,8 @@ redis.call('ZADD', KEYS[3], now_ms, ARGV[1])
 return 1
 """
 
-# KEYS: registration, unheld, held. ARGV: connectionId, ttl ms, sid.
+# KEYS: registration, unheld, held, the user's presence, presence checks.
+# ARGV: connectionId, ttl ms, sid, userId ('' without webhooks), OFFLINE_GRACE ms.
 _RELEASE = _NOW_MS + """
 if redis.call('HGET', KEYS[1], 'holder') ~= ARGV[3] then return 0 end
 redis.call('HSET', KEYS[1], 'holder', '')
@@ -111,12 +194,22 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[2]), ARGV[1])
 """ + _KEEP_INDEXES + """
+if ARGV[4] ~= '' and redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('ZADD', KEYS[5], now_ms + tonumber(ARGV[5]), ARGV[4])
+end
 return 1
 """
 
-# KEYS: unheld, held. ARGV: registration key prefix, connectionId or '' for all.
+# KEYS: unheld, held, the revocation (of the connection, or of all the user's), the
+# user's presence, presence checks. ARGV: registration key prefix, connectionId or '' for
+# all, ttl ms, userId ('' without webhooks), OFFLINE_GRACE ms.
 # Revoking all of a user's registrations deletes each: as many steps as there are.
-_REVOKE = """
+_REVOKE = _NOW_MS + """
+if ARGV[2] == '' then
+  redis.call('SET', KEYS[3], string.format('%d', now_ms), 'PX', ARGV[3])
+else
+  redis.call('SET', KEYS[3], '1', 'PX', ARGV[3])
+end
 local connection_ids = {ARGV[2]}
 if ARGV[2] == '' then
   connection_ids = redis.call('ZRANGE', KEYS[1], 0, -1)
@@ -133,6 +226,9 @@ for _, connection_id in ipairs(connection_ids) do
   redis.call('ZREM', KEYS[1], connection_id)
   redis.call('ZREM', KEYS[2], connection_id)
 end
+if #holders > 0 and ARGV[4] ~= '' and redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('ZADD', KEYS[5], now_ms + tonumber(ARGV[5]), ARGV[4])
+end
 return holders
 """
 
@@ -144,11 +240,14 @@ local online = redis.call('ZCOUNT', held, now_ms - tonumber(ARGV[1]) + 1, '+inf'
 return {online, redis.call('ZCARD', unheld) + redis.call('ZCARD', held)}
 """
 
-# KEYS: last id, idempotency record, then per target its history stream and its user's
-# two indexes (a user's history is kept only while the user has registrations).
+# KEYS: last id, idempotency record, fallbacks due, their messages, then per target its
+# history stream, its user's two indexes, message records and pending fallbacks (a user's
+# history is kept only while the user has registrations).
 # ARGV: max length, key ttl ms, payload, channel, fingerprint ('' for no key), record ttl
-# ms, then one target (as JSON, null for a broadcast) per target.
-# Returns {'new', ids...}, {'repeated', ids...} or {'conflict'}.
+# ms, fallback after ms (0: none), online timeout ms, message record ttl ms, records kept,
+# then one target (as JSON, null for a broadcast) per target.
+# Returns {'new', id, online, id, online...}, {'repeated', ...} or {'conflict'}; online is
+# the sockets holding the user's registrations (-1 for a broadcast).
 _APPEND = _NOW_MS + """
 if ARGV[5] ~= '' then
   local record = redis.call('GET', KEYS[2])
@@ -156,7 +255,10 @@ if ARGV[5] ~= '' then
     local fingerprint, ids = string.match(record, '^(%S*) (.*)$')
     if fingerprint ~= ARGV[5] then return {'conflict'} end
     local found = {'repeated'}
-    for id in string.gmatch(ids, '[^,]+') do table.insert(found, id) end
+    for id, online in string.gmatch(ids, '([^,/]+)/([^,]+)') do
+      table.insert(found, id)
+      table.insert(found, tonumber(online))
+    end
     return found
   end
 end
@@ -167,25 +269,127 @@ if last then
   last_ms, last_seq = tonumber(last_ms), tonumber(last_seq)
   if last_ms >= ms then ms, seq = last_ms, last_seq end
 end
-local ids = {}
-for i = 1, (#KEYS - 2) / 3 do
+local fallback_ms, record_ms = tonumber(ARGV[7]), tonumber(ARGV[9])
+local reply, kept = {'new'}, {}
+for i = 1, (#KEYS - 4) / 5 do
   seq = seq + 1
   local id = string.format('%d-%d', ms, seq)
-  local target, stream = ARGV[6 + i], KEYS[3 * i]
-  if ARGV[1] ~= '0' and (target == 'null'
-                         or redis.call('EXISTS', KEYS[3 * i + 1], KEYS[3 * i + 2]) > 0) then
+  local target, base = ARGV[10 + i], 5 * i
+  local stream, unheld, held = KEYS[base], KEYS[base + 1], KEYS[base + 2]
+  if ARGV[1] ~= '0' and (target == 'null' or redis.call('EXISTS', unheld, held) > 0) then
     redis.call('XADD', stream, 'MAXLEN', ARGV[1], id, 'm', ARGV[3])
     redis.call('PEXPIRE', stream, ARGV[2])
   end
-  redis.call('PUBLISH', ARGV[4], id .. ' ' .. target .. '\\n' .. ARGV[3])
-  ids[i] = id
+  redis.call('PUBLISH', ARGV[4], id .. ' ' .. (fallback_ms > 0 and '1 ' or '0 ') ..
+                                 target .. '\\n' .. ARGV[3])
+  local online = -1
+  if target ~= 'null' then
+    online = redis.call('ZCOUNT', held, now_ms - tonumber(ARGV[8]) + 1, '+inf')
+    local records = KEYS[base + 3]
+    redis.call('ZADD', records, ms, id)
+    redis.call('ZREMRANGEBYSCORE', records, '-inf', now_ms - record_ms)
+    redis.call('ZREMRANGEBYRANK', records, 0, -tonumber(ARGV[10]) - 1)
+    redis.call('PEXPIRE', records, record_ms)
+    if fallback_ms > 0 then
+      local member = id .. ':' .. cjson.decode(target)
+      redis.call('ZADD', KEYS[base + 4], ms, id)
+      if redis.call('PTTL', KEYS[base + 4]) < fallback_ms + 60000 then
+        redis.call('PEXPIRE', KEYS[base + 4], fallback_ms + 60000)
+      end
+      redis.call('ZADD', KEYS[3], now_ms + fallback_ms, member)
+      redis.call('HSET', KEYS[4], member, ARGV[3])
+    end
+  end
+  table.insert(reply, id)
+  table.insert(reply, online)
+  table.insert(kept, id .. '/' .. online)
 end
-redis.call('SET', KEYS[1], ids[#ids])
+redis.call('SET', KEYS[1], reply[#reply - 1])
 if ARGV[5] ~= '' then
-  redis.call('SET', KEYS[2], ARGV[5] .. ' ' .. table.concat(ids, ','), 'PX', ARGV[6])
+  redis.call('SET', KEYS[2], ARGV[5] .. ' ' .. table.concat(kept, ','), 'PX', ARGV[6])
 end
-table.insert(ids, 1, 'new')
-return ids
+return reply
+"""
+
+# KEYS: fallbacks due, presence checks. ARGV: how many of each at most, lease ms.
+# Returns what fell due of each, leased: another process takes it once the lease ends.
+_DUE = _NOW_MS + """
+local found = {}
+for i = 1, 2 do
+  local due = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', now_ms, 'LIMIT', 0, ARGV[1])
+  for _, member in ipairs(due) do
+    redis.call('ZADD', KEYS[i], now_ms + tonumber(ARGV[2]), member)
+  end
+  found[i] = due
+end
+return found
+"""
+
+# KEYS: the user's pending fallbacks, fallbacks due, their messages, the outbox (due jobs, jobs,
+# event counter). ARGV: fallback (`<id>:<userId>`), message id, userId, webhook URLs.
+# Not acknowledged in time: `message.unacknowledged`.
+_FALLBACK = _NOW_MS + _OUTBOX + """
+local payload = redis.call('HGET', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+if redis.call('ZREM', KEYS[1], ARGV[2]) == 1 and payload then
+  enqueue(KEYS[4], KEYS[5], KEYS[6], ARGV[4], now_ms, 'message.unacknowledged',
+          '{"userId":' .. cjson.encode(ARGV[3]) .. ',"id":"' .. ARGV[2] ..
+          '","message":' .. payload .. '}')
+  return 1
+end
+return 0
+"""
+
+# KEYS: the user's held registrations, presence, presence checks, the outbox (due jobs, jobs,
+# event counter). ARGV: userId, webhook URLs, online timeout ms, OFFLINE_GRACE ms.
+# A user whose newest heartbeat is older than the online timeout and the grace (or with no
+# registration held) goes offline; else the check moves to when that could be so.
+_PRESENCE = _NOW_MS + _OUTBOX + """
+local wait_ms = tonumber(ARGV[3]) + tonumber(ARGV[4])
+local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if newest[2] and tonumber(newest[2]) + wait_ms > now_ms then
+  redis.call('ZADD', KEYS[3], tonumber(newest[2]) + wait_ms, ARGV[1])
+  return 0
+end
+redis.call('ZREM', KEYS[3], ARGV[1])
+if redis.call('DEL', KEYS[2]) == 1 then
+  enqueue(KEYS[4], KEYS[5], KEYS[6], ARGV[2], now_ms, 'user.offline',
+          '{"userId":' .. cjson.encode(ARGV[1]) .. '}')
+  return 1
+end
+return 0
+"""
+
+# KEYS: the user's message records, acknowledged ones, history stream.
+# ARGV: message id, its ms, record ttl ms, history ttl ms.
+# Returns {acknowledged, in history} (1/0), or false if no record has the message.
+_STATUS = _NOW_MS + """
+local recorded = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if recorded and tonumber(recorded) <= now_ms - tonumber(ARGV[3]) then recorded = false end
+local in_history = tonumber(ARGV[2]) > now_ms - tonumber(ARGV[4]) and
+                   #redis.call('XRANGE', KEYS[3], ARGV[1], ARGV[1]) > 0
+if not recorded and not in_history then return false end
+local acknowledged = 0
+if recorded and redis.call('ZSCORE', KEYS[2], ARGV[1]) then acknowledged = 1 end
+return {acknowledged, in_history and 1 or 0}
+"""
+
+# KEYS: the outbox's due jobs, the jobs, their attempts. ARGV: how many at most, lease ms.
+# Returns {{job id, job, attempt}...}, leased.
+_TAKE = _NOW_MS + """
+local taken = {}
+for _, job_id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms,
+                                   'LIMIT', 0, ARGV[1])) do
+  local job = redis.call('HGET', KEYS[2], job_id)
+  if job then
+    redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), job_id)
+    table.insert(taken, {job_id, job, redis.call('HINCRBY', KEYS[3], job_id, 1)})
+  else
+    redis.call('ZREM', KEYS[1], job_id)
+  end
+end
+return taken
 """
 
 # KEYS: the user's history, the broadcasts'. ARGV: after ms, after seq ('' for none), ttl ms.
@@ -221,6 +425,12 @@ class RedisState(State):
     LAST_ID_KEY = 'nsio:last-id'
     BROADCAST_KEY = 'nsio:broadcast'
     NO_IDEMPOTENCY_KEY = 'nsio:idempotency'   # declared, never written
+    FALLBACKS_KEY = 'nsio:fallbacks'            # `<id>:<userId>` by when it falls due
+    FALLBACK_MESSAGES_KEY = 'nsio:fallback-messages'
+    PRESENCE_CHECKS_KEY = 'nsio:presence-checks'   # userId by when to look again
+    #: What a script that decides an event writes to: due jobs, jobs, the event counter.
+    OUTBOX_KEYS = ('nsio:webhooks:due', 'nsio:webhooks:jobs', 'nsio:webhooks:seq')
+    ATTEMPTS_KEY = 'nsio:webhooks:attempts'
 
     def __init__(self, config, channel=CHANNEL):
         super().__init__(config)
@@ -235,10 +445,16 @@ class RedisState(State):
         self._history_ms = int(self.history_ttl * 1000)
         self._idempotency_ms = int(self.idempotency_ttl * 1000)
         self._online_ms = int(self.online_timeout * 1000)
+        self._grace_ms = int(self.offline_grace * 1000)
+        self._record_ms = int(self.record_ttl * 1000)
+        self._urls = '\n'.join(self.webhook_urls)
         self._scripts = {name: self.redis.register_script(source) for name, source in (
             ('register', _REGISTER), ('claim', _CLAIM), ('confirm', _CONFIRM),
             ('release', _RELEASE), ('revoke', _REVOKE), ('sessions', _SESSIONS),
-            ('append', _APPEND), ('history', _HISTORY))}
+            ('append', _APPEND), ('history', _HISTORY), ('due', _DUE),
+            ('fallback', _FALLBACK), ('presence', _PRESENCE), ('status', _STATUS),
+            ('take', _TAKE))}
+        self.outbox = RedisOutbox(self)
 
     @staticmethod
     def registration_prefix(user_id):
@@ -257,6 +473,23 @@ class RedisState(State):
 
     def _registration_keys(self, user_id, connection_id):
         return [self.registration_key(user_id, connection_id), *self.index_keys(user_id)]
+
+    @staticmethod
+    def revocation_keys(user_id, connection_id):
+        """Keys that keep tokens from registering again: the connection's, the user's."""
+        return [f'nsio:revoked:{len(user_id)}:{user_id}:{connection_id}',
+                f'nsio:revoked-all:{user_id}']
+
+    @staticmethod
+    def presence_key(user_id):
+        """Set while the user is online (webhooks told so)."""
+        return f'nsio:presence:{user_id}'
+
+    @staticmethod
+    def record_keys(user_id):
+        """The user's message records, the acknowledged ones, the pending fallbacks."""
+        return [f'nsio:messages:{user_id}', f'nsio:acked:{user_id}',
+                f'nsio:pending:{user_id}']
 
     @staticmethod
     def idempotency_key(key):
@@ -298,18 +531,33 @@ class RedisState(State):
         finally:
             pool.release(connection)
 
-    @_unavailable_on_error
     def register(self, user_id, connection_id):
-        if self._run('register', [*self._registration_keys(user_id, connection_id),
-                                  self.LAST_ID_KEY],
-                     [connection_id, self._ttl_ms, self.registration_prefix(user_id),
-                      self.max_sessions]) == -1:
+        self._register(user_id, connection_id, '')
+
+    def register_token(self, user_id, connection_id, issued_at):
+        self._register(user_id, connection_id,
+                       -1 if issued_at is None else int(issued_at * 1000))
+
+    @_unavailable_on_error
+    def _register(self, user_id, connection_id, issued_at):
+        outcome = self._run('register', [*self._registration_keys(user_id, connection_id),
+                                         self.LAST_ID_KEY,
+                                         *self.revocation_keys(user_id, connection_id)],
+                            [connection_id, self._ttl_ms, self.registration_prefix(user_id),
+                             self.max_sessions, issued_at])
+        if outcome == -1:
             raise TooManySessions()
+        if outcome == -2:
+            raise Revoked()
 
     @_unavailable_on_error
     def claim(self, user_id, connection_id, sid):
-        found = self._run('claim', self._registration_keys(user_id, connection_id),
-                          [connection_id, self._ttl_ms, sid])
+        found = self._run('claim', [*self._registration_keys(user_id, connection_id),
+                                    self.presence_key(user_id), self.PRESENCE_CHECKS_KEY,
+                                    *self.OUTBOX_KEYS],
+                          [connection_id, self._ttl_ms, sid, user_id,
+                           self._urls if self.presence else '',
+                           self._online_ms + self._grace_ms])
         if found is None:
             raise NotRegistered()
         previous, delivered_id = found
@@ -317,28 +565,63 @@ class RedisState(State):
 
     @_unavailable_on_error
     def confirm(self, user_id, connection_id, sid, message_id):
-        self._run('confirm', self._registration_keys(user_id, connection_id),
-                  [connection_id, self._ttl_ms, sid, message_id or ''])
+        self._run('confirm', [*self._registration_keys(user_id, connection_id),
+                              *self.record_keys(user_id), self.FALLBACKS_KEY,
+                              self.FALLBACK_MESSAGES_KEY],
+                  [connection_id, self._ttl_ms, sid, message_id or '', user_id,
+                   self._record_ms, MESSAGE_RECORDS])
+
+    def _release_call(self, user_id, connection_id, sid):
+        return ([*self._registration_keys(user_id, connection_id), self.presence_key(user_id),
+                 self.PRESENCE_CHECKS_KEY],
+                [connection_id, self._ttl_ms, sid, user_id if self.presence else '',
+                 self._grace_ms])
 
     @_unavailable_on_error
     def release(self, user_id, connection_id, sid):
-        self._run('release', self._registration_keys(user_id, connection_id),
-                  [connection_id, self._ttl_ms, sid])
+        self._run('release', *self._release_call(user_id, connection_id, sid))
 
     @_unavailable_on_error
     def release_many(self, holds):
         """One round trip for all of them (a pipeline), however many there are."""
         pipeline = self.redis.pipeline(transaction=False)
         for user_id, connection_id, sid in holds:
-            self._scripts['release'](keys=self._registration_keys(user_id, connection_id),
-                                     args=[connection_id, self._ttl_ms, sid],
-                                     client=pipeline)
+            keys, args = self._release_call(user_id, connection_id, sid)
+            self._scripts['release'](keys=keys, args=args, client=pipeline)
         pipeline.execute()
 
     @_unavailable_on_error
     def revoke(self, user_id, connection_id=None):
-        return self._run('revoke', self.index_keys(user_id),
-                         [self.registration_prefix(user_id), connection_id or ''])
+        revocation = self.revocation_keys(user_id, connection_id or '')[
+            0 if connection_id else 1]
+        return self._run('revoke', [*self.index_keys(user_id), revocation,
+                                    self.presence_key(user_id), self.PRESENCE_CHECKS_KEY],
+                         [self.registration_prefix(user_id), connection_id or '',
+                          self._ttl_ms, user_id if self.presence else '', self._grace_ms])
+
+    @_unavailable_on_error
+    def message_status(self, user_id, message_id):
+        records, acked, _ = self.record_keys(user_id)
+        found = self._run('status', [records, acked, self.history_key(user_id)],
+                          [message_id, parse_message_id(message_id)[0], self._record_ms,
+                           self._history_ms])
+        if found is None:
+            return None
+        return MessageStatus(acknowledged=bool(found[0]), in_history=bool(found[1]))
+
+    @_unavailable_on_error
+    def tick(self, limit=100):
+        fallbacks, checks = self._run('due', [self.FALLBACKS_KEY, self.PRESENCE_CHECKS_KEY],
+                                      [limit, _LEASE_MS])
+        for fallback in fallbacks:
+            message_id, user_id = fallback.split(':', 1)
+            self._run('fallback', [self.record_keys(user_id)[2], self.FALLBACKS_KEY,
+                                   self.FALLBACK_MESSAGES_KEY, *self.OUTBOX_KEYS],
+                      [fallback, message_id, user_id, self._urls])
+        for user_id in checks:
+            self._run('presence', [self.index_keys(user_id)[1], self.presence_key(user_id),
+                                   self.PRESENCE_CHECKS_KEY, *self.OUTBOX_KEYS],
+                      [user_id, self._urls, self._online_ms, self._grace_ms])
 
     @_unavailable_on_error
     def sessions(self, user_id):
@@ -346,25 +629,32 @@ class RedisState(State):
                                        [self._online_ms, self._ttl_ms])
         return Sessions(online=online, registered=registered)
 
-    def append(self, targets, message, idempotency=None):
+    def append(self, targets, message, idempotency=None, fallback_after=None):
         payload = jsoncodec.dumps(message)
         reply = self._run_once(
             'append', [self.LAST_ID_KEY,
                        self.idempotency_key(idempotency.key) if idempotency
                        else self.NO_IDEMPOTENCY_KEY,
-                       *(key for target in targets
-                         for key in (self.history_key(target),
-                                     *(self.index_keys(target) if target is not EVERYONE
-                                       else [self.BROADCAST_KEY] * 2)))],
+                       self.FALLBACKS_KEY, self.FALLBACK_MESSAGES_KEY,
+                       *(key for target in targets for key in self._target_keys(target))],
             [self.history_size if self.history_ttl else 0,
              max(self._history_ms, _KEY_FLOOR_MS), payload, self.messages_channel,
              idempotency.fingerprint if idempotency else '', self._idempotency_ms,
+             int(fallback_after * 1000) if fallback_after and self.webhook_urls else 0,
+             self._online_ms, self._record_ms, MESSAGE_RECORDS,
              *map(json.dumps, targets)])
-        outcome, *message_ids = reply
+        outcome, *found = reply
         if outcome == 'conflict':
             raise IdempotencyConflict()
         return Appended([Entry(message_id, parse_message_id(message_id)[0], message)
-                         for message_id in message_ids], repeated=outcome == 'repeated')
+                         for message_id in found[::2]], repeated=outcome == 'repeated',
+                        online=[None if online < 0 else online for online in found[1::2]])
+
+    def _target_keys(self, target):
+        if target is EVERYONE:
+            return [self.BROADCAST_KEY] * 5   # declared, only the stream is used
+        return [self.history_key(target), *self.index_keys(target),
+                self.record_keys(target)[0], self.record_keys(target)[2]]
 
     @_unavailable_on_error
     def history(self, user_id, after_id=None):
@@ -380,9 +670,57 @@ class RedisState(State):
         self.redis.close()
 
 
+class RedisOutbox:
+    """The webhook jobs in Redis, which every process takes from (webhooks.py sends them)."""
+
+    def __init__(self, state):
+        self.state = state
+        self.urls = state.webhook_urls
+        self.on_drop = None   # never full: Redis's memory is the bound
+
+    @property
+    def failures(self):
+        return self.state.failures
+
+    @failures.setter
+    def failures(self, value):
+        self.state.failures = value
+
+    @_unavailable_on_error
+    def take(self, limit):
+        from ..webhooks import LEASE, Job
+        due, jobs, _ = RedisState.OUTBOX_KEYS
+        attempts = RedisState.ATTEMPTS_KEY
+        taken = []
+        for job_id, record, attempt in self.state._run(
+                'take', [due, jobs, attempts], [limit, LEASE * 1000]):
+            head, body = record.split('\n', 1)
+            created, url = head.split(' ', 1)
+            taken.append(Job(job_id, url, body.encode(), int(created) / 1000,
+                             attempt=attempt))
+        return taken
+
+    @_unavailable_on_error
+    def done(self, job):
+        due, jobs, _ = RedisState.OUTBOX_KEYS
+        attempts = RedisState.ATTEMPTS_KEY
+        pipeline = self.state.redis.pipeline(transaction=True)
+        pipeline.zrem(due, job.job_id).hdel(jobs, job.job_id).hdel(attempts, job.job_id)
+        pipeline.execute()
+
+    @_unavailable_on_error
+    def retry(self, job, at):
+        self.state.redis.zadd(RedisState.OUTBOX_KEYS[0], {job.job_id: int(at * 1000)},
+                              xx=True)
+
+    @_unavailable_on_error
+    def queued(self):
+        return self.state.redis.zcard(RedisState.OUTBOX_KEYS[0])
+
+
 def decode_published(data):
-    """(target, Entry) of a message the append script published (bytes)."""
+    """(target, Entry, acknowledge soon) of a message the append script published (bytes)."""
     head, payload = data.split(b'\n', 1)
-    message_id, target = head.decode().split(' ', 1)
-    return json.loads(target), Entry(message_id, parse_message_id(message_id)[0],
-                                     jsoncodec.loads(payload))
+    message_id, acknowledge_soon, target = head.decode().split(' ', 2)
+    return (json.loads(target), Entry(message_id, parse_message_id(message_id)[0],
+                                      jsoncodec.loads(payload)), acknowledge_soon == '1')
