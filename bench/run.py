@@ -1,14 +1,16 @@
 """The benchmark: notification-socketio against its Node.js peer, scenario by scenario.
 
-    python bench/run.py [--rounds 3] [--scenarios S1,S2,S3,S4,S5,BATCH]
+    python bench/run.py [--rounds 3] [--scenarios S1,S2,S3,S4,S5,BATCH] [--webhook]
 
 Each server (ours: the real `gunicorn wsgi:app`; the peer: `node bench/peer/server.js`) is
 pinned to core 0 and the load generator (`node bench/load.js`) to core 1. Every scenario
 runs on a fresh server, ours then the peer's, round after round (A B A B ...); the table
 gives the median of each figure and the ratio ours/peer. Needs `npm install` in bench/
-(the command does it when node_modules is missing).
+(the command does it when node_modules is missing). `--webhook` runs ours with
+WEBHOOK_URL set, to a receiver in this process that answers 204 (presence events flow).
 """
 import argparse
+import http.server
 import json
 import os
 import shutil
@@ -16,6 +18,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -102,9 +105,33 @@ class Server:
             self.process.wait()
 
 
-def run_scenario(name, kind):
+class _Accept(http.server.BaseHTTPRequestHandler):
+    """A webhook receiver that reads each call and answers 204."""
+
+    calls = 0
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers['Content-Length']))
+        type(self).calls += 1
+        self.send_response(204)
+        self.send_header('Content-Length', '0')
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def start_receiver():
+    """The environment that points ours at a local webhook receiver."""
+    receiver = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _Accept)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    return {'WEBHOOK_URL': f'http://127.0.0.1:{receiver.server_port}/hooks',
+            'WEBHOOK_SECRET': 'bench-webhook-secret-0123456789'}
+
+
+def run_scenario(name, kind, env=None):
     """One scenario on a fresh server of `kind`; returns its figures."""
-    server = Server(kind)
+    server = Server(kind, env=env if kind == 'ours' else None)
     try:
         options = {'scenario': name, 'url': server.url, 'token': TOKEN, **SCENARIOS[name]}
         command = ['taskset', '-c', LOAD_CORE, 'node', str(BENCH / 'load.js'),
@@ -140,7 +167,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--rounds', type=int, default=3)
     parser.add_argument('--scenarios', default='S1,S2,S3,S4,S5,BATCH')
+    parser.add_argument('--webhook', action='store_true',
+                        help='ours with WEBHOOK_URL set (a local receiver)')
     args = parser.parse_args()
+    env = start_receiver() if args.webhook else None
     if shutil.which('node') is None:
         sys.exit('bench: node is needed (apt-get install nodejs npm)')
     if not (BENCH / 'node_modules').exists():
@@ -151,10 +181,12 @@ def main():
             for kind in ('ours', 'peer'):
                 if name == 'BATCH' and kind == 'peer':
                     continue   # the original has no batch route
-                figures = run_scenario(name, kind)
+                figures = run_scenario(name, kind, env)
                 results.setdefault((name, kind), []).append(figures)
                 print(f'round {round_} {name:5} {kind:4} {summary(figures)}', flush=True)
     print()
+    if args.webhook:
+        print(f'webhook calls received: {_Accept.calls}')
     print_table(results, args.scenarios.split(','))
 
 
