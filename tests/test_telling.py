@@ -110,13 +110,14 @@ def test_an_unacknowledged_message_falls_back_and_an_acknowledged_one_does_not(t
     state.claim('reader', 'c1', 'sid1')
     events(state)
     message = {'title': 'Invoice', 'amount': 12.5, 'tags': ['a', 'é', '"']}
-    appended = state.append(['reader', 'away', EVERYONE], message, fallback_after=1)
+    away = 'away/é😀'
+    appended = state.append(['reader', away, EVERYONE], message, fallback_after=1)
     read, unread, _ = (entry.message_id for entry in appended.entries)
     assert appended.online == [1, 0, None]
     state.confirm('reader', 'c1', 'sid1', appended.entries[-1].message_id)
     status = state.message_status('reader', read)
     assert (status.acknowledged, status.in_history) == (True, True)
-    status = state.message_status('away', unread)
+    status = state.message_status(away, unread)
     assert (status.acknowledged, status.in_history) == (False, False)   # no registration
     clock.advance(0.5)
     state.tick()
@@ -124,7 +125,7 @@ def test_an_unacknowledged_message_falls_back_and_an_acknowledged_one_does_not(t
     clock.advance(1)
     state.tick()
     assert events(state) == [('message.unacknowledged',
-                              {'userId': 'away', 'id': unread, 'message': message})]
+                              {'userId': away, 'id': unread, 'message': message})]
     state.tick()
     assert events(state) == []
 
@@ -144,6 +145,8 @@ def test_only_the_messages_a_socket_received_are_acknowledged(telling):
     assert state.message_status('u1', second).acknowledged is False
     assert state.message_status('u1', '1-0') is None
     assert state.message_status('u2', first) is None
+    broadcast = state.append([EVERYONE], 'to all').entries[0].message_id
+    assert state.message_status('u1', broadcast) is None   # not one of the user's own
 
 
 def test_a_token_of_a_revoked_connection_cannot_register_it_again(telling):

@@ -38,7 +38,8 @@ class MemoryState(State):
         self._held = collections.Counter()   # user_id -> registrations held by a socket
         self._online = set()                 # users told online (with webhooks)
         self._offline_due = collections.OrderedDict()   # user_id -> when to tell offline
-        self._records = {}         # user_id -> OrderedDict message id -> [key, acknowledged]
+        self._records = {}         # user_id -> deque of its newest message ids, oldest first
+        self._acked = {}           # user_id -> ids of its records a socket acknowledged
         self._record_expiry = collections.OrderedDict()   # user_id -> newest record's ms
         self._pending = {}         # user_id -> {message id: key} awaiting acknowledgement
         self._fallbacks = []       # heap of (due, message id, user_id, message)
@@ -118,11 +119,17 @@ class MemoryState(State):
         """The user's messages with ids in (after, upto] reached a socket."""
         if upto <= after:
             return
-        for record in reversed(self._records.get(user_id, {}).values()):
-            if record[0] <= after:
-                break
-            if record[0] <= upto:
-                record[1] = True
+        records = self._records.get(user_id)
+        if records:
+            acked = self._acked.setdefault(user_id, set())
+            for message_id in reversed(records):
+                key = parse_message_id(message_id)
+                if key <= after:
+                    break
+                if key <= upto:
+                    acked.add(message_id)
+            if len(acked) > MESSAGE_RECORDS:   # forget what left the records
+                acked.intersection_update(records)
         pending = self._pending.get(user_id)
         if pending:
             for message_id, key in list(pending.items()):
@@ -176,13 +183,17 @@ class MemoryState(State):
 
     def message_status(self, user_id, message_id):
         self._sweep()
-        record = self._records.get(user_id, {}).get(message_id)
-        in_history = any(entry.message_id == message_id for entry in self.history(user_id))
-        if record is None or record[0][0] < (self._clock() - self.record_ttl) * 1000:
+        recorded = message_id in self._records.get(user_id, ())
+        oldest_kept = int((self._clock() - self.history_ttl) * 1000)
+        in_history = any(entry.message_id == message_id and entry.ts > oldest_kept
+                         for entry in self._histories.get(user_id, ()))
+        if not recorded or parse_message_id(message_id)[0] < (
+                self._clock() - self.record_ttl) * 1000:
             if not in_history:
                 return None
             return MessageStatus(acknowledged=False, in_history=True)
-        return MessageStatus(acknowledged=record[1], in_history=in_history)
+        return MessageStatus(acknowledged=message_id in self._acked.get(user_id, ()),
+                             in_history=in_history)
 
     def tick(self):
         now = self._sweep()
@@ -215,18 +226,25 @@ class MemoryState(State):
                                  for message_id in message_ids], repeated=True, online=online)
         entries = []
         online = []
+        # One ms for the whole push; its targets' ids follow each other by seq.
+        last_ms, seq = self._last_id
+        ms = max(int(now * 1000), last_ms)
+        if ms != last_ms:
+            seq = -1
+        keep_history = self.history_size and self.history_ttl
+        histories, held, by_user = self._histories, self._held, self._by_user
+        all_records, record_expiry = self._records, self._record_expiry
+        fallback = fallback_after and self.webhook_urls
         for target in targets:
-            ms = max(int(now * 1000), self._last_id[0])
-            seq = self._last_id[1] + 1 if ms == self._last_id[0] else 0
-            self._last_id = (ms, seq)
-            entry = Entry(f'{ms}-{seq}', ms, message)
+            seq += 1
+            message_id = f'{ms}-{seq}'
+            entry = Entry(message_id, ms, message)
             entries.append(entry)
             # Only a registration replays a history, and a new one starts after this.
-            if self.history_size and self.history_ttl and (
-                    target is EVERYONE or target in self._by_user):
-                history = self._histories.get(target)
+            if keep_history and (target is EVERYONE or target in by_user):
+                history = histories.get(target)
                 if history is None:
-                    history = self._histories[target] = collections.deque(
+                    history = histories[target] = collections.deque(
                         maxlen=self.history_size)
                 history.append(entry)
                 self._history_expiry[target] = ms
@@ -234,19 +252,18 @@ class MemoryState(State):
             if target is EVERYONE:
                 online.append(None)
                 continue
-            online.append(self._held.get(target, 0))
-            records = self._records.get(target)
+            online.append(held.get(target, 0))
+            records = all_records.get(target)
             if records is None:
-                records = self._records[target] = collections.OrderedDict()
-            records[entry.message_id] = [(ms, seq), False]
-            self._record_expiry[target] = ms
-            self._record_expiry.move_to_end(target)
-            if len(records) > MESSAGE_RECORDS:
-                records.popitem(last=False)
-            if fallback_after and self.webhook_urls:
-                self._pending.setdefault(target, {})[entry.message_id] = (ms, seq)
+                records = all_records[target] = collections.deque(maxlen=MESSAGE_RECORDS)
+            records.append(message_id)
+            record_expiry[target] = ms
+            record_expiry.move_to_end(target)
+            if fallback:
+                self._pending.setdefault(target, {})[message_id] = (ms, seq)
                 heapq.heappush(self._fallbacks,
-                               (now + fallback_after, entry.message_id, target, message))
+                               (now + fallback_after, message_id, target, message))
+        self._last_id = (ms, seq)
         if idempotency is not None:
             self._idempotency[idempotency.key] = (
                 idempotency.fingerprint, [entry.message_id for entry in entries], online,
@@ -308,6 +325,7 @@ class MemoryState(State):
                 break
             del self._record_expiry[user_id]
             del self._records[user_id]   # every record of the user is too old
+            self._acked.pop(user_id, None)
         for revocations in (self._revoked, self._revoked_all):
             while revocations:
                 key, value = next(iter(revocations.items()))
