@@ -183,6 +183,8 @@ def test_the_console_shows_the_latest_webhook_calls(page, start_server, cdn, cli
         page.wait_for_selector('#webhook-calls tr[data-outcome="sent"]:has-text("204")',
                                timeout=20000)
         assert receiver.url in page.text_content('#webhook-calls tbody')
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=ARTIFACTS / 'console-webhooks.png')
     finally:
         receiver.close()
 
