@@ -17,6 +17,70 @@ from gunicorn.workers.ggevent import PyWSGIHandler
 from .engineio_front import ENGINEIO_PATH
 
 
+#: http.client's limits on a request's head, which pywsgi's own parser applies.
+MAX_HEADER_LINE, MAX_HEADERS = 65536, 100
+
+
+class RequestHeaders:
+    """A request's header fields, read as pywsgi and gunicorn read them.
+
+    pywsgi parses request heads with the standard library's e-mail parser: a tenth of the
+    worker's time while sessions open (py-spy, bench S5). This reads the same lines, with
+    the same limits, into a list: `status` is '' or why the head is refused (pywsgi then
+    answers 400); `get`, `getheader`, `typeheader`, `headers`, `items` and `del` are what
+    pywsgi and gunicorn's access log use (tests/test_contract.py checks that).
+    """
+
+    __slots__ = ('status', '_fields')
+
+    def __init__(self, rfile):
+        self.status = ''
+        self._fields = fields = []   # [name, value], in order
+        while True:
+            line = rfile.readline(MAX_HEADER_LINE + 1)
+            if len(line) > MAX_HEADER_LINE:
+                self.status = 'Line too long'
+                return
+            if line in (b'\r\n', b'\n', b''):
+                return
+            if len(fields) >= MAX_HEADERS:
+                self.status = 'Too many headers'
+                return
+            line = line.decode('latin-1')
+            if line[:1] in ' \t' and fields:   # obsolete line folding
+                fields[-1][1] += ' ' + line.strip()
+                continue
+            name, sep, value = line.partition(':')
+            if not sep:
+                self.status = 'Malformed header line'
+                return
+            fields.append([name.strip(), value.strip()])
+
+    def get(self, name, default=None):
+        name = name.lower()
+        for field_name, value in self._fields:
+            if field_name.lower() == name:
+                return value
+        return default
+
+    getheader = get
+
+    @property
+    def typeheader(self):
+        return self.get('content-type')
+
+    @property
+    def headers(self):
+        return [f'{name}: {value}\r\n' for name, value in self._fields]
+
+    def items(self):
+        return [(name, value) for name, value in self._fields]
+
+    def __delitem__(self, name):
+        name = name.lower()
+        self._fields[:] = [field for field in self._fields if field[0].lower() != name]
+
+
 #: Read buffer per connection. pywsgi's default (8 KiB) stays allocated for the whole life
 #: of a WebSocket, whose frames from the client are a few bytes; request heads fit in this,
 #: and longer bodies are read past the buffer anyway.
@@ -41,6 +105,9 @@ class Handler(WebSocketHandler, PyWSGIHandler):
         for handler in list(cls._idle):
             with contextlib.suppress(OSError, AttributeError):
                 handler.socket.shutdown(socket.SHUT_RDWR)
+
+    def MessageClass(self, rfile, *_args):   # noqa: N802 (pywsgi's name)
+        return RequestHeaders(rfile)
 
     def read_requestline(self):
         if self.draining:

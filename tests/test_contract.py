@@ -4,7 +4,9 @@ setup.cfg caps each of these libraries below its next major, and constraints.txt
 tested set; this module is what to run first on newer releases (`.ci/newest` does). Each
 check names the module of ours that needs it.
 """
+import http.client
 import inspect
+import re
 
 import engineio
 import gevent
@@ -91,6 +93,50 @@ def test_python_socketio_manager_seams_that_delivery_uses():
     has(socketio.Server, 'reserved_events')
 
 
+def manager_state(manager):
+    return ({namespace: {room: dict(members) for room, members in rooms.items()}
+             for namespace, rooms in manager.rooms.items()},
+            manager.callbacks, manager.pending_connect, manager.pending_disconnect)
+
+
+def test_a_disconnect_leaves_the_manager_as_python_socketio_s_own_would():
+    # delivery.py: basic_disconnect leaves the all-sockets room, the socket's own room and
+    # its user's room, then lets python-socketio clean up without searching every room.
+    from notification_socketio.delivery import DeliveryManager, Holder, user_room
+    from notification_socketio.metrics import Metrics
+    from notification_socketio.state.memory import MemoryState
+    ours = DeliveryManager(MemoryState(Config.for_testing()), Metrics())
+    stock = socketio.Manager()
+    for manager in (ours, stock):
+        manager.set_server(socketio.Server())
+        manager.initialize()
+        for n in range(5):
+            sid = manager.connect(f'eio{n}', '/')
+            manager.basic_enter_room(sid, '/', user_room(f'user{n % 2}'))
+            manager.callbacks[sid] = {1: print}
+            if manager is ours:   # as attach() does: a user's room comes with a Holder
+                ours.holders[sid] = Holder(f'user{n % 2}', 'c', None)
+        # python-socketio puts a socket in these rooms, and no other: what ours relies on.
+        sid = manager.sid_from_eio_sid('eio0', '/')
+        assert {room for room, members in manager.rooms['/'].items() if sid in members} == {
+            None, sid, 'user:user0'}
+        manager.pre_disconnect(manager.sid_from_eio_sid('eio1', '/'), '/')
+    sids = {manager: [manager.sid_from_eio_sid(f'eio{n}', '/') for n in range(5)]
+            for manager in (ours, stock)}
+    for n in (1, 0, 2, 3, 4):
+        for manager in (ours, stock):
+            manager.basic_disconnect(sids[manager][n], '/')
+        rename = dict(zip(sids[ours], sids[stock]))
+        rooms, *rest = manager_state(ours)
+        rooms = {namespace: {rename.get(room, room): {rename[sid]: eio for sid, eio in
+                                                      members.items()}
+                             for room, members in by_room.items()}
+                 for namespace, by_room in rooms.items()}
+        rest = [{rename.get(key, key): value for key, value in part.items()}
+                if isinstance(part, dict) else part for part in rest]
+        assert (rooms, *rest) == manager_state(stock), n
+
+
 def test_flask_socketio_takes_our_manager():
     app = create_app(Config.for_testing())
     server = app.extensions['notification_socketio']
@@ -105,6 +151,53 @@ def test_gunicorn_and_gevent_handler_hooks_that_worker_py_overrides():
     has(PyWSGIHandler, 'log_request')
     has(GeventWebSocketWorker, 'wsgi_handler', 'handle_exit')
     has(gevent.get_hub().loop, 'timer')   # transport.py: PINGs from a loop timer
+    # worker.py: RequestHeaders replaces pywsgi's MessageClass; what is used of it.
+    assert 'self.MessageClass(self.rfile, 0)' in inspect.getsource(pywsgi.WSGIHandler.read_request)
+    used = set(re.findall(r'self\.headers\.(\w+)', inspect.getsource(pywsgi.WSGIHandler)))
+    assert used <= {'status', 'get', 'getheader', 'typeheader', 'headers'}, used
+    assert 'self.headers.items()' in inspect.getsource(PyWSGIHandler.log_request)
+
+
+HEADS = [
+    b'Host: a\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n',
+    b'Host: a\r\nX-Twice: 1\r\nx-twice: 2\r\nConnection: Upgrade\r\n\r\n',
+    b'Host: a\r\nX-Folded: one\r\n two\r\n\r\n',
+    b'Host:  spaced  \r\nEmpty:\r\n\r\n',
+    b'Host: a\nBare-LF: yes\n\n',
+    b'Host: \xe9t\xe9\r\n\r\n',
+    b'X-Long: ' + b'a' * 70000 + b'\r\n\r\n',
+    b''.join(b'X-%d: v\r\n' % n for n in range(101)) + b'\r\n',
+]
+
+
+@pytest.mark.parametrize('head', HEADS, ids=range(len(HEADS)))
+def test_request_headers_read_as_pywsgi_reads_them(head):
+    import io
+
+    from notification_socketio.worker import RequestHeaders
+    ours = RequestHeaders(io.BytesIO(head))
+    try:
+        theirs = pywsgi.headers_factory(io.BytesIO(head))
+    except http.client.HTTPException:   # more than 100 headers: pywsgi refuses it too
+        assert ours.status
+        return
+    assert bool(ours.status) == bool(theirs.status)
+    if ours.status:
+        return
+
+    def value(text):
+        # Ours leaves out the whitespace around a value and joins folded lines with a
+        # space (RFC 9112 5.2); pywsgi strips both before they reach the environ.
+        return text if text is None else ' '.join(text.split())
+    for name in ('host', 'Content-Type', 'content-length', 'x-twice', 'X-Folded', 'Empty',
+                 'bare-lf', 'missing'):
+        assert ours.get(name) == value(theirs.get(name)), name
+        assert ours.getheader(name) == value(theirs.getheader(name)), name
+    assert ours.typeheader == theirs.typeheader
+    assert ours.items() == [(name, value(text)) for name, text in theirs.items()]
+    del ours['content-length']
+    del theirs['content-length']
+    assert ours.headers == [f'{name}: {value(text)}\r\n' for name, text in theirs.items()]
 
 
 def test_redis_connections_as_the_append_uses_them(redis_server):
