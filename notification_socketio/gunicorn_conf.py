@@ -20,7 +20,9 @@ worker_class = 'notification_socketio.worker.Worker'
 # WEB_CONCURRENCY (set by PaaS) is deliberately not read; scale out with processes + Redis.
 workers = 1
 # Every WebSocket and every pending long-poll holds one slot; gunicorn's default is 1000.
-worker_connections = 20000
+# Set well above what a process serves (bench SCALE: 20,000 sessions), so that the bound
+# is the file descriptors (`ulimit -n`), which start-up reports.
+worker_connections = 100000
 timeout = 30
 graceful_timeout = 15
 keepalive = 75
@@ -52,9 +54,28 @@ def post_worker_init(worker):
     from notification_socketio.shutdown import install_drain
     from notification_socketio.worker import Handler
     install_drain(worker)
+    _use_every_file_descriptor(worker)
     if worker.wsgi_handler is Handler:
         worker.log.info('fast paths on: gunicorn handler without per-request log formatting')
     else:
         worker.log.warning('fast path OFF: the worker runs %s, not the server\'s handler '
                            '(-k notification_socketio.worker.Worker)',
                            worker.wsgi_handler.__name__)
+
+
+def _use_every_file_descriptor(worker):
+    """Raise the soft limit of open files to the hard one: each session holds one.
+
+    A systemd unit or a shell often starts processes with a soft limit of 1,024 and a
+    far higher hard one; past the soft limit, new sessions would be refused.
+    """
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    limit = 'unlimited' if soft == resource.RLIM_INFINITY else f'{soft:,}'
+    worker.log.info('open files: at most %s (ulimit -n), one per session', limit)

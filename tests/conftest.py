@@ -53,13 +53,14 @@ def wait_for(predicate, timeout=10.0, interval=0.02, message='condition'):
 class ServerProcess:
     """One real `gunicorn wsgi:app` on a free port, with the project's gunicorn.conf.py."""
 
-    def __init__(self, env=None, args=(), port=None, bind=True):
+    def __init__(self, env=None, args=(), port=None, bind=True, preexec_fn=None):
         self.port = port or free_port()
         self.bind = ['--bind', f'127.0.0.1:{self.port}'] if bind else []
         self.url = f'http://127.0.0.1:{self.port}'
         self.env = {**os.environ, 'AUTH_TOKEN': TOKEN, 'PYTHONUNBUFFERED': '1',
                     **(env or {})}
         self.args = list(args)
+        self.preexec_fn = preexec_fn   # run in the child before gunicorn starts
         self.process = None
         self.log_path = None
 
@@ -72,7 +73,7 @@ class ServerProcess:
         self.process = subprocess.Popen(
             [sys.executable, '-m', 'gunicorn', *self.bind, *self.args, 'wsgi:app'],
             cwd=ROOT, env=self.env, stdout=open(self.log_path, 'ab'),
-            stderr=subprocess.STDOUT, start_new_session=True)
+            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=self.preexec_fn)
         if wait:
             wait_for(self.answers, timeout=30, message=f'server on port {self.port}')
         return self

@@ -283,3 +283,20 @@ def test_a_socket_disconnected_for_failed_registers_is_told_why(server, listener
     assert all(answer['ok'] is False for answer in answers)
     assert 'disconnected' in answers[-1]['error']
     wait_for(lambda: not guesser.sio.connected, message='the disconnect')
+
+
+def test_the_worker_raises_its_open_files_limit_and_says_it():
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    def as_under_systemd():   # a low soft limit under a higher hard one
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 512), hard))
+    server = ServerProcess(preexec_fn=as_under_systemd).start()
+    try:
+        wait_for(lambda: 'open files: at most' in server.log(), message='the log line')
+        assert f'open files: at most {hard:,}' in server.log()
+        limits = open(f'/proc/{server.worker_pid()}/limits').read()
+        line = next(line for line in limits.splitlines() if line.startswith('Max open files'))
+        assert line.split()[3] == str(hard), line
+    finally:
+        server.stop()
