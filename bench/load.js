@@ -173,6 +173,82 @@ async function batchPushes() {
            generator_cpu: cpuShare(cpuStart, seconds) };
 }
 
+// SCALE: `sessions` registered idle WebSockets (one user each), opened in chunks whose
+// rates are reported (does opening slow down as sessions grow?); then, once the
+// orchestrator has read the server's memory (it writes a line on stdin), one broadcast
+// (where the server has the route) timed to each session's arrival, then S1's pushes to
+// `users` of those users while every session stays open.
+async function scale() {
+  const { sessions: count, users, pushes, inFlight, chunk } = options;
+  const prefix = `s${Math.random().toString(36).slice(2, 8)}`;
+  const broadcastArrivals = [];
+  const latencies = [];
+  let broadcastAt = 0;
+  let onBroadcastDone = null;
+  let onPushesDone = null;
+  let received = 0;
+  const onMessage = (message) => {
+    const now = performance.now();
+    if (message.broadcast) {
+      broadcastArrivals.push(now - broadcastAt);
+      if (broadcastArrivals.length === count && onBroadcastDone) onBroadcastDone();
+    } else {
+      latencies.push(now - message.t);
+      received += 1;
+      if (received === pushes && onPushesDone) onPushesDone();
+    }
+  };
+  const chunkRates = [];
+  const openStarted = performance.now();
+  for (let start = 0; start < count; start += chunk) {
+    const size = Math.min(chunk, count - start);
+    const t0 = performance.now();
+    await openSessions(size, (i) => `${prefix}-${start + i}`, 'websocket', onMessage);
+    chunkRates.push(size / ((performance.now() - t0) / 1000));
+  }
+  const openSeconds = (performance.now() - openStarted) / 1000;
+  process.stdout.write(`READY ${JSON.stringify({ open_rate: count / openSeconds, chunkRates })}\n`);
+  await new Promise((resolve) => process.stdin.once('data', resolve));
+  const result = { sessions: count, open_rate: count / openSeconds,
+                   open_rate_first: chunkRates[0], open_rate_last: chunkRates[chunkRates.length - 1] };
+  if (options.broadcast) {
+    const all = new Promise((resolve) => { onBroadcastDone = resolve; });
+    const broadcastCpu = process.cpuUsage();
+    broadcastAt = performance.now();
+    await request('POST', '/api/broadcast', { message: { broadcast: true } });
+    await Promise.race([all, new Promise((resolve) => setTimeout(resolve, 60000))]);
+    // Reading thousands of messages takes the generator time too: a saturated generator
+    // makes these figures a floor.
+    result.broadcast_generator_cpu = cpuShare(broadcastCpu,
+                                              (performance.now() - broadcastAt) / 1000);
+    broadcastArrivals.sort((a, b) => a - b);
+    Object.assign(result, { broadcast_received: broadcastArrivals.length,
+                            broadcast_p50_ms: percentile(broadcastArrivals, 50),
+                            broadcast_p99_ms: percentile(broadcastArrivals, 99),
+                            broadcast_last_ms: broadcastArrivals[broadcastArrivals.length - 1] });
+  }
+  const pushed = new Promise((resolve) => { onPushesDone = resolve; });
+  let next = 0;
+  const cpuStart = process.cpuUsage();
+  const started = performance.now();
+  async function worker() {
+    while (next < pushes) {
+      const n = next;
+      next += 1;
+      await request('POST', `/api/${prefix}-${n % users}/push`,
+                    { message: { n, t: performance.now() } });
+    }
+  }
+  await Promise.all(Array.from({ length: inFlight }, worker));
+  await pushed;
+  const seconds = (performance.now() - started) / 1000;
+  latencies.sort((a, b) => a - b);
+  return Object.assign(result, { rate: pushes / seconds, unit: 'pushes delivered/s',
+                                 p50_ms: percentile(latencies, 50),
+                                 p99_ms: percentile(latencies, 99),
+                                 generator_cpu: cpuShare(cpuStart, seconds) });
+}
+
 function cpuShare(start, seconds) {
   const used = process.cpuUsage(start);
   return (used.user + used.system) / 1e6 / seconds;
@@ -185,6 +261,7 @@ const scenarios = {
   S4: () => pushesToManyUsers('polling'),
   S5: openAndRegister,
   BATCH: batchPushes,
+  SCALE: scale,
 };
 
 scenarios[options.scenario]().then((result) => {

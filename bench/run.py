@@ -1,6 +1,7 @@
 """The benchmark: notification-socketio against its Node.js peer, scenario by scenario.
 
-    python bench/run.py [--rounds 3] [--scenarios S1,S2,S3,S4,S5,BATCH] [--webhook]
+    python bench/run.py [--rounds 3] [--scenarios S1,S2,S3,S4,S5,BATCH,SCALE] [--webhook]
+    python bench/run.py --redis [--scenarios S1,S2,BATCH]
 
 Each server (ours: the real `gunicorn wsgi:app`; the peer: `node bench/peer/server.js`) is
 pinned to core 0 and the load generator (`node bench/load.js`) to core 1. Every scenario
@@ -8,11 +9,23 @@ runs on a fresh server, ours then the peer's, round after round (A B A B ...); t
 gives the median of each figure and the ratio ours/peer. Needs `npm install` in bench/
 (the command does it when node_modules is missing). `--webhook` runs ours with
 WEBHOOK_URL set, to a receiver in this process that answers 204 (presence events flow).
+`--redis` starts a redis-server on a free port and gives both servers REDIS_URL: ours
+keeps its state there and fans out through it; the peer runs Socket.IO's official Redis
+adapter (@socket.io/redis-adapter) with a room per user.
+
+SCALE runs once per size (`--scale-sizes`, default 1000,5000,20000): that many registered
+idle WebSockets in one process, then memory per session, how fast they opened (the
+first and the last thousand), one broadcast's arrival at every session (ours: the peer,
+like the original, has no broadcast) and S1's pushes while they stay open. It writes
+bench/scale.png (matplotlib: `pip install matplotlib`). A size above what the machine's
+file-descriptor limit allows one process (the hard `ulimit -n`, less 1,000) is run at that
+limit instead, and the table says so.
 """
 import argparse
 import http.server
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -44,6 +57,9 @@ DESCRIPTIONS = {
     'BATCH': 'S1 through POST /api/push, 100 users per request',
 }
 SERVER_CORE, LOAD_CORE = '0', '1'
+SCALE_SIZES = '1000,5000,20000'
+SCALE_LOAD = {'users': 200, 'pushes': 5000, 'inFlight': 32, 'chunk': 1000}
+SCALE_PLOT = BENCH / 'scale.png'
 
 
 def free_port():
@@ -129,9 +145,36 @@ def start_receiver():
             'WEBHOOK_SECRET': 'bench-webhook-secret-0123456789'}
 
 
+def start_redis():
+    """A redis-server of this run, on a free port, emptied before each scenario."""
+    if shutil.which('redis-server') is None:
+        sys.exit('bench: --redis needs redis-server (apt-get install redis-server)')
+    port = free_port()
+    process = subprocess.Popen(['redis-server', '--port', str(port), '--save', '',
+                                '--appendonly', 'no'], stdout=subprocess.DEVNULL)
+    import atexit
+    atexit.register(process.kill)
+    url = f'redis://127.0.0.1:{port}/0'
+    deadline = time.monotonic() + 10
+    while subprocess.run(['redis-cli', '-p', str(port), 'ping'], capture_output=True,
+                         text=True).stdout.strip() != 'PONG':
+        if time.monotonic() > deadline:
+            sys.exit('bench: redis-server did not start')
+        time.sleep(0.1)
+    return url
+
+
+def _peer_env(env):
+    """What the peer shares of our environment: Redis, not our settings."""
+    return {'REDIS_URL': env['REDIS_URL']} if env and 'REDIS_URL' in env else None
+
+
 def run_scenario(name, kind, env=None):
     """One scenario on a fresh server of `kind`; returns its figures."""
-    server = Server(kind, env=env if kind == 'ours' else None)
+    if env and 'REDIS_URL' in env:
+        port = env['REDIS_URL'].rsplit(':', 1)[1].split('/')[0]
+        subprocess.run(['redis-cli', '-p', port, 'flushall'], capture_output=True)
+    server = Server(kind, env=env if kind == 'ours' else _peer_env(env))
     try:
         options = {'scenario': name, 'url': server.url, 'token': TOKEN, **SCENARIOS[name]}
         command = ['taskset', '-c', LOAD_CORE, 'node', str(BENCH / 'load.js'),
@@ -144,6 +187,116 @@ def run_scenario(name, kind, env=None):
         return json.loads(result.stdout.strip().splitlines()[-1])
     finally:
         server.stop()
+
+
+def scale_sizes(requested):
+    """The sizes to run, each within this machine's file descriptors for one process."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:   # the servers and the generator inherit it
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    ceiling = hard - 1000 if hard != resource.RLIM_INFINITY else None
+    sizes = []
+    for size in map(int, requested.split(',')):
+        run_at = min(size, ceiling) if ceiling else size
+        sizes.append((size, run_at))
+    return sizes
+
+
+def run_scale(requested, env=None):
+    """{(size asked, size run, kind): figures} of every SCALE point."""
+    results = {}
+    for size, run_at in scale_sizes(requested):
+        for kind in ('ours', 'peer'):
+            figures = run_scale_point(run_at, kind, env)
+            results[(size, run_at, kind)] = figures
+            print(f'SCALE {run_at:6} {kind:4} {summary(figures)}, '
+                  f"{figures['kib_per_session']:.1f} KiB/session, opened "
+                  f"{figures['open_rate']:.0f}/s (first {figures['open_rate_first']:.0f}/s, "
+                  f"last {figures['open_rate_last']:.0f}/s)", flush=True)
+    return results
+
+
+def run_scale_point(size, kind, env=None):
+    """One SCALE point on a fresh server."""
+    server = Server(kind, env=env if kind == 'ours' else _peer_env(env))
+    try:
+        time.sleep(1)
+        before = server.rss_kib()
+        options = {'scenario': 'SCALE', 'url': server.url, 'token': TOKEN,
+                   'sessions': size, 'broadcast': kind == 'ours', **SCALE_LOAD}
+        load = subprocess.Popen(['taskset', '-c', LOAD_CORE, 'node', str(BENCH / 'load.js'),
+                                 json.dumps(options)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            ready = load.stdout.readline()
+            if not ready.startswith('READY'):
+                raise RuntimeError(f'SCALE {size} on {kind}: sessions did not open: '
+                                   f'{load.stderr.read()[-2000:]}')
+            time.sleep(3)   # connections settle, a heartbeat passes
+            after = server.rss_kib()
+            load.stdin.write('go\n')
+            load.stdin.flush()
+            figures = json.loads(load.stdout.readline())
+        finally:
+            load.kill()
+            load.wait()
+        figures['kib_per_session'] = (after - before) / size
+        return figures
+    finally:
+        server.stop()
+
+
+def print_scale_table(results):
+    print('| SCALE sessions | figure | ours | Node.js peer | ours/peer |')
+    print('|---|---|---|---|---|')
+    rows = [('memory per session, KiB', 'kib_per_session'), ('opened, sessions/s', 'open_rate'),
+            ('opening: first 1,000, sessions/s', 'open_rate_first'),
+            ('opening: last 1,000, sessions/s', 'open_rate_last'),
+            ('broadcast to all: p50 ms', 'broadcast_p50_ms'),
+            ('broadcast to all: p99 ms', 'broadcast_p99_ms'),
+            ('broadcast: generator CPU (share of its core)', 'broadcast_generator_cpu'),
+            ('S1 while open: pushes delivered/s', 'rate'), ('S1 while open: p99 ms', 'p99_ms'),
+            ('generator CPU (share of its core)', 'generator_cpu')]
+    for size, run_at in sorted({(size, run_at) for size, run_at, _ in results}):
+        label = f'{run_at:,}' + ('' if run_at == size else
+                                  f' (asked {size:,}: the file-descriptor limit)')
+        for name, field in rows:
+            ours = results[(size, run_at, 'ours')].get(field)
+            peer = results[(size, run_at, 'peer')].get(field)
+            ratio = f'{ours / peer:.2f}x' if ours is not None and peer else ''
+            print(f'| {label} | {name} | {format_value(ours)} | {format_value(peer)} | '
+                  f'{ratio} |')
+
+
+def plot_scale(results):
+    """bench/scale.png: the curves of SCALE, ours and the peer's."""
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        from matplotlib import pyplot
+    except ImportError:
+        print('(no plot: pip install matplotlib)')
+        return
+    panels = [('memory per session (KiB)', 'kib_per_session'),
+              ('S1 while open (pushes/s)', 'rate'), ('S1 while open: p99 (ms)', 'p99_ms'),
+              ('broadcast to every session: p99 (ms)', 'broadcast_p99_ms')]
+    figure, axes = pyplot.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
+    for axis, (title, field) in zip(axes, panels):
+        for kind, style in (('ours', 'o-'), ('peer', 's--')):
+            points = sorted((run_at, figures[field])
+                            for (_, run_at, k), figures in results.items()
+                            if k == kind and field in figures)
+            if points:
+                axis.plot(*zip(*points), style,
+                          label='notification-socketio' if kind == 'ours' else 'Node.js peer')
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel('idle WebSocket sessions in one process')
+        axis.set_xscale('log')
+        axis.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(SCALE_PLOT, dpi=110)
+    print(f'plot: {SCALE_PLOT}')
 
 
 def measure_memory(server, command):
@@ -166,28 +319,47 @@ def measure_memory(server, command):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--rounds', type=int, default=3)
-    parser.add_argument('--scenarios', default='S1,S2,S3,S4,S5,BATCH')
+    parser.add_argument('--scenarios', default='S1,S2,S3,S4,S5,BATCH,SCALE')
+    parser.add_argument('--scale-sizes', default=SCALE_SIZES,
+                        help='sessions of each SCALE point (default %(default)s)')
     parser.add_argument('--webhook', action='store_true',
                         help='ours with WEBHOOK_URL set (a local receiver)')
+    parser.add_argument('--redis', action='store_true',
+                        help='both servers on a redis-server of the run (REDIS rows)')
     args = parser.parse_args()
     env = start_receiver() if args.webhook else None
+    if args.redis:
+        if args.scenarios == parser.get_default('scenarios'):
+            args.scenarios = 'S1,S2,BATCH'
+        env = {**(env or {}), 'REDIS_URL': start_redis()}
     if shutil.which('node') is None:
         sys.exit('bench: node is needed (apt-get install nodejs npm)')
     if not (BENCH / 'node_modules').exists():
         subprocess.run(['npm', 'install', '--no-audit', '--no-fund'], cwd=BENCH, check=True)
     results = {}
+    names = args.scenarios.split(',')
+    scale = 'SCALE' in names
+    names = [name for name in names if name != 'SCALE']
     for round_ in range(1, args.rounds + 1):
-        for name in args.scenarios.split(','):
+        for name in names:
             for kind in ('ours', 'peer'):
                 if name == 'BATCH' and kind == 'peer':
                     continue   # the original has no batch route
                 figures = run_scenario(name, kind, env)
                 results.setdefault((name, kind), []).append(figures)
                 print(f'round {round_} {name:5} {kind:4} {summary(figures)}', flush=True)
+    scale_results = run_scale(args.scale_sizes, env) if scale else None
     print()
+    if args.redis:
+        print('with REDIS_URL: ours on Redis, the peer on @socket.io/redis-adapter')
     if args.webhook:
         print(f'webhook calls received: {_Accept.calls}')
-    print_table(results, args.scenarios.split(','))
+    if names:
+        print_table(results, names)
+    if scale_results:
+        print()
+        print_scale_table(scale_results)
+        plot_scale(scale_results)
 
 
 def summary(figures):

@@ -1,6 +1,8 @@
 // The reference peer: the original notification-socket.io's API (REST + Socket.IO) on
 // Express 4 and Socket.IO 4, as a team would run it instead of notification-socketio.
-// Written for the benchmark only: one process, no history, no recovery.
+// Written for the benchmark only: no history, no recovery. With REDIS_URL it runs as a
+// Socket.IO deployment of several processes would: the official Redis adapter
+// (@socket.io/redis-adapter), a room per user, pushes emitted to the user's room.
 'use strict';
 const http = require('http');
 const express = require('express');
@@ -12,6 +14,17 @@ app.use(express.json({ limit: '64kb' }));
 const server = http.createServer(app);
 const io = new Server(server, { cors: { origin: '*' } });
 const token = process.env.AUTH_TOKEN;
+const redisUrl = process.env.REDIS_URL;
+let ready = Promise.resolve();
+if (redisUrl) {
+  const { createClient } = require('redis');
+  const { createAdapter } = require('@socket.io/redis-adapter');
+  const pub = createClient({ url: redisUrl });
+  const sub = pub.duplicate();
+  ready = Promise.all([pub.connect(), sub.connect()]).then(() => {
+    io.adapter(createAdapter(pub, sub));
+  });
+}
 const connections = new Map();   // userId -> Map(connectionId -> socket or null)
 
 function authorized(req, res) {
@@ -29,6 +42,7 @@ io.on('connection', (socket) => {
     if (ok) {
       user.set(connectionId, socket);
       socket.data.registration = [userId, connectionId];
+      if (redisUrl) socket.join(`user:${userId}`);
     }
     if (typeof ack === 'function') ack({ ok });
   });
@@ -54,6 +68,10 @@ app.post('/api/:userId/push', (req, res) => {
   if (!authorized(req, res)) return;
   const message = req.body && req.body.message;
   if (message === undefined || message === null) return res.status(400).send('Bad Request');
+  if (redisUrl) {
+    io.to(`user:${req.params.userId}`).emit('message', message);
+    return res.end();
+  }
   const user = connections.get(req.params.userId);
   if (user) {
     for (const socket of user.values()) {
@@ -65,4 +83,4 @@ app.post('/api/:userId/push', (req, res) => {
 
 app.get('/api/status/ping', (req, res) => res.send('pong'));
 
-server.listen(Number(process.env.PORT || 3000), '127.0.0.1');
+ready.then(() => server.listen(Number(process.env.PORT || 3000), '127.0.0.1'));
