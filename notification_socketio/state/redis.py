@@ -15,6 +15,7 @@ can be repeated safely and are retried once on a broken connection; none waits l
 than REDIS_TIMEOUT for an answer.
 """
 import functools
+import logging
 import json
 
 import redis
@@ -26,6 +27,7 @@ from .base import (EVERYONE, MESSAGE_RECORDS, Appended, Claim, Entry, Idempotenc
                    MessageStatus, NotRegistered, OutcomeUnknown, Revoked, Sessions, State,
                    StateUnavailable, TooManySessions, parse_message_id)
 
+log = logging.getLogger(__name__)
 CHANNEL = 'notification-socketio'
 #: Seconds a call waits for Redis to answer.
 REDIS_TIMEOUT = 3
@@ -665,6 +667,15 @@ class RedisState(State):
                    for stream in found for message_id, fields in stream]
         return [Entry(f'{ms}-{seq}', ms, message)
                 for (ms, seq), message in sorted(entries, key=lambda pair: pair[0])]
+
+    def fast_paths(self):
+        """['hiredis'] when redis-py reads and writes Redis's protocol with it (in C)."""
+        connection = self.redis.connection_pool.make_connection()
+        if type(connection._parser).__name__ == '_HiredisParser':
+            return ['hiredis']
+        log.warning('fast path OFF: hiredis (redis-py parses Redis\'s answers in Python: '
+                    'pip install hiredis)')
+        return []
 
     def close(self):
         self.redis.close()
