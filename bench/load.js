@@ -249,6 +249,60 @@ async function scale() {
                                  generator_cpu: cpuShare(cpuStart, seconds) });
 }
 
+// POLL: `sessions` long-polling sessions, open and registered; counts every completed
+// poll. The orchestrator writes a line to ask for the count (it reads the worker's CPU
+// around an idle window), then "go": `pushes` pushes to `users` of them, 32 in flight.
+async function pollingAtScale() {
+  const { sessions: count, users, pushes, inFlight } = options;
+  const prefix = `p${Math.random().toString(36).slice(2, 8)}`;
+  let polls = 0;
+  let received = 0;
+  let onPushesDone = null;
+  const latencies = [];
+  const openStarted = performance.now();
+  for (let start = 0; start < count; start += 50) {
+    const size = Math.min(50, count - start);
+    const opened = [];
+    for (let i = 0; i < size; i += 1) {
+      opened.push(openSession(`${prefix}-${start + i}`, `c${start + i}`, 'polling', (message) => {
+        latencies.push(performance.now() - message.t);
+        received += 1;
+        if (received === pushes && onPushesDone) onPushesDone();
+      }).then((socket) => {
+        socket.io.engine.transport.on('pollComplete', () => { polls += 1; });
+      }));
+    }
+    await Promise.all(opened);
+  }
+  const openSeconds = (performance.now() - openStarted) / 1000;
+  const lines = require('readline').createInterface({ input: process.stdin });
+  const nextLine = () => new Promise((resolve) => lines.once('line', resolve));
+  process.stdout.write(`READY ${JSON.stringify({ open_rate: count / openSeconds })}\n`);
+  while ((await nextLine()) === 'count') process.stdout.write(`${polls}\n`);
+  const pollsBefore = polls;
+  const pushed = new Promise((resolve) => { onPushesDone = resolve; });
+  let next = 0;
+  const cpuStart = process.cpuUsage();
+  const started = performance.now();
+  async function worker() {
+    while (next < pushes) {
+      const n = next;
+      next += 1;
+      await request('POST', `/api/${prefix}-${n % users}/push`,
+                    { message: { n, t: performance.now() } });
+    }
+  }
+  await Promise.all(Array.from({ length: inFlight }, worker));
+  await pushed;
+  const seconds = (performance.now() - started) / 1000;
+  latencies.sort((a, b) => a - b);
+  lines.close();
+  return { sessions: count, open_rate: count / openSeconds, rate: pushes / seconds,
+           unit: 'pushes delivered/s', seconds, polls: polls - pollsBefore,
+           p50_ms: percentile(latencies, 50), p99_ms: percentile(latencies, 99),
+           generator_cpu: cpuShare(cpuStart, seconds) };
+}
+
 function cpuShare(start, seconds) {
   const used = process.cpuUsage(start);
   return (used.user + used.system) / 1e6 / seconds;
@@ -262,6 +316,7 @@ const scenarios = {
   S5: openAndRegister,
   BATCH: batchPushes,
   SCALE: scale,
+  POLL: pollingAtScale,
 };
 
 scenarios[options.scenario]().then((result) => {

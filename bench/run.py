@@ -2,6 +2,7 @@
 
     python bench/run.py [--rounds 3] [--scenarios S1,S2,S3,S4,S5,BATCH,SCALE] [--webhook]
     python bench/run.py --redis [--scenarios S1,S2,BATCH]
+    python bench/run.py --scenarios POLL
 
 Each server (ours: the real `gunicorn wsgi:app`; the peer: `node bench/peer/server.js`) is
 pinned to core 0 and the load generator (`node bench/load.js`) to core 1. Every scenario
@@ -20,6 +21,9 @@ like the original, has no broadcast) and S1's pushes while they stay open. It wr
 bench/scale.png (matplotlib: `pip install matplotlib`). A size above what the machine's
 file-descriptor limit allows one process (the hard `ulimit -n`, less 1,000) is run at that
 limit instead, and the table says so.
+
+POLL (part of the default run) keeps 2,000 long-polling sessions open: the worker's CPU
+per completed poll and its share of a core, idle for 10 s, then under S4's pushes.
 """
 import argparse
 import http.server
@@ -60,6 +64,8 @@ SERVER_CORE, LOAD_CORE = '0', '1'
 SCALE_SIZES = '1000,5000,20000'
 SCALE_LOAD = {'users': 200, 'pushes': 5000, 'inFlight': 32, 'chunk': 1000}
 SCALE_PLOT = BENCH / 'scale.png'
+POLL_LOAD = {'sessions': 2000, 'users': 200, 'pushes': 5000, 'inFlight': 32}
+POLL_IDLE_SECONDS = 10
 
 
 def free_port():
@@ -246,6 +252,72 @@ def run_scale_point(size, kind, env=None):
         server.stop()
 
 
+def _cpu_seconds(pid):
+    fields = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def run_poll(kind, env=None):
+    """POLL on a fresh server: the serving process's CPU per poll, idle then under pushes."""
+    server = Server(kind, env=env if kind == 'ours' else _peer_env(env))
+    try:
+        options = {'scenario': 'POLL', 'url': server.url, 'token': TOKEN, **POLL_LOAD}
+        load = subprocess.Popen(['taskset', '-c', LOAD_CORE, 'node', str(BENCH / 'load.js'),
+                                 json.dumps(options)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        pid = server.serving_pid()
+
+        def ask(line):
+            load.stdin.write(line + '\n')
+            load.stdin.flush()
+
+        try:
+            ready = load.stdout.readline()
+            if not ready.startswith('READY'):
+                raise RuntimeError(f'POLL on {kind}: {load.stderr.read()[-2000:]}')
+            ask('count')
+            polls_before, cpu_before = int(load.stdout.readline()), _cpu_seconds(pid)
+            time.sleep(POLL_IDLE_SECONDS)
+            ask('count')
+            idle_polls = int(load.stdout.readline()) - polls_before
+            idle_cpu = _cpu_seconds(pid) - cpu_before
+            cpu_before = _cpu_seconds(pid)
+            ask('go')
+            figures = json.loads(load.stdout.readline())
+            busy_cpu = _cpu_seconds(pid) - cpu_before
+        finally:
+            load.kill()
+            load.wait()
+        figures.update({
+            'idle_cpu_ms_per_s': 1000 * idle_cpu / POLL_IDLE_SECONDS, 'idle_polls': idle_polls,
+            'busy_cpu_share': busy_cpu / figures['seconds'],
+            'cpu_ms_per_poll': 1000 * busy_cpu / max(figures['polls'], 1)})
+        print(f"POLL {kind:4} {summary(figures)}, {figures['polls']} polls, "
+              f"{figures['cpu_ms_per_poll']:.2f} ms of CPU per poll, idle CPU "
+              f"{figures['idle_cpu_ms_per_s']:.1f} ms/s", flush=True)
+        return figures
+    finally:
+        server.stop()
+
+
+def print_poll_table(results):
+    print(f"| POLL: {POLL_LOAD['sessions']:,} long-polling sessions | figure | ours | "
+          'Node.js peer | ours/peer |')
+    print('|---|---|---|---|---|')
+    rows = [('idle: server CPU, ms per second', 'idle_cpu_ms_per_s'),
+            ('S4 pushes delivered/s while open', 'rate'), ('S4 p99 ms', 'p99_ms'),
+            ('polls completed during the pushes', 'polls'),
+            ('server CPU during the pushes per completed poll, ms (pushes included)',
+             'cpu_ms_per_poll'),
+            ('server CPU during the pushes (share of its core)', 'busy_cpu_share'),
+            ('generator CPU (share of its core)', 'generator_cpu')]
+    for name, field in rows:
+        ours, peer = results['ours'].get(field), results['peer'].get(field)
+        ratio = f'{ours / peer:.2f}x' if ours is not None and peer else ''
+        print(f'| sessions open | {name} | {format_value(ours)} | {format_value(peer)} | '
+              f'{ratio} |')
+
+
 def print_scale_table(results):
     print('| SCALE sessions | figure | ours | Node.js peer | ours/peer |')
     print('|---|---|---|---|---|')
@@ -319,7 +391,7 @@ def measure_memory(server, command):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--rounds', type=int, default=3)
-    parser.add_argument('--scenarios', default='S1,S2,S3,S4,S5,BATCH,SCALE')
+    parser.add_argument('--scenarios', default='S1,S2,S3,S4,S5,BATCH,SCALE,POLL')
     parser.add_argument('--scale-sizes', default=SCALE_SIZES,
                         help='sessions of each SCALE point (default %(default)s)')
     parser.add_argument('--webhook', action='store_true',
@@ -338,8 +410,8 @@ def main():
         subprocess.run(['npm', 'install', '--no-audit', '--no-fund'], cwd=BENCH, check=True)
     results = {}
     names = args.scenarios.split(',')
-    scale = 'SCALE' in names
-    names = [name for name in names if name != 'SCALE']
+    scale, poll = 'SCALE' in names, 'POLL' in names
+    names = [name for name in names if name not in ('SCALE', 'POLL')]
     for round_ in range(1, args.rounds + 1):
         for name in names:
             for kind in ('ours', 'peer'):
@@ -349,6 +421,7 @@ def main():
                 results.setdefault((name, kind), []).append(figures)
                 print(f'round {round_} {name:5} {kind:4} {summary(figures)}', flush=True)
     scale_results = run_scale(args.scale_sizes, env) if scale else None
+    poll_results = {kind: run_poll(kind, env) for kind in ('ours', 'peer')} if poll else None
     print()
     if args.redis:
         print('with REDIS_URL: ours on Redis, the peer on @socket.io/redis-adapter')
@@ -360,6 +433,9 @@ def main():
         print()
         print_scale_table(scale_results)
         plot_scale(scale_results)
+    if poll_results:
+        print()
+        print_poll_table(poll_results)
 
 
 def summary(figures):
