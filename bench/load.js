@@ -50,34 +50,28 @@ async function openSession(userId, connectionId, transport, onMessage) {
   });
 }
 
+// Opens `count` sessions, `batch` at a time; resolves with their sockets, in order.
 async function openSessions(count, userOf, transport, onMessage, batch = 50) {
+  const opened = [];
   for (let start = 0; start < count; start += batch) {
     const opening = [];
     for (let i = start; i < Math.min(count, start + batch); i += 1) {
       opening.push(openSession(userOf(i), `c${i}-${Math.random().toString(36).slice(2)}`,
                                transport, onMessage));
     }
-    await Promise.all(opening);
+    opened.push(...await Promise.all(opening));
   }
+  return opened;
 }
 
 function percentile(sorted, p) {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
 }
 
-// S1 and S4: users with one session each, `pushes` REST pushes with `inFlight` at a time.
-async function pushesToManyUsers(transport) {
-  const { users, pushes, inFlight } = options;
-  const latencies = [];
-  let received = 0;
-  let done;
-  const allReceived = new Promise((resolve) => { done = resolve; });
-  const prefix = `u${Math.random().toString(36).slice(2, 8)}`;
-  await openSessions(users, (i) => `${prefix}-${i}`, transport, (message) => {
-    latencies.push(performance.now() - message.t);
-    received += 1;
-    if (received === pushes) done();
-  });
+// S1's push phase: `pushes` REST pushes to users `${prefix}-0` .. `${prefix}-${users - 1}`,
+// `inFlight` at a time, each message carrying its send time; once `allReceived` resolves,
+// the rate and the latencies the message handler pushed into `latencies`.
+async function pushRound(prefix, { users, pushes, inFlight }, latencies, allReceived) {
   let next = 0;
   const cpuStart = process.cpuUsage();
   const started = performance.now();
@@ -96,6 +90,22 @@ async function pushesToManyUsers(transport) {
   return { rate: pushes / seconds, unit: 'pushes delivered/s', seconds,
            p50_ms: percentile(latencies, 50), p99_ms: percentile(latencies, 99),
            generator_cpu: cpuShare(cpuStart, seconds) };
+}
+
+// S1 and S4: users with one session each, `pushes` REST pushes with `inFlight` at a time.
+async function pushesToManyUsers(transport) {
+  const { users, pushes } = options;
+  const latencies = [];
+  let received = 0;
+  let done;
+  const allReceived = new Promise((resolve) => { done = resolve; });
+  const prefix = `u${Math.random().toString(36).slice(2, 8)}`;
+  await openSessions(users, (i) => `${prefix}-${i}`, transport, (message) => {
+    latencies.push(performance.now() - message.t);
+    received += 1;
+    if (received === pushes) done();
+  });
+  return pushRound(prefix, options, latencies, allReceived);
 }
 
 // S2: one user with `sessions` sessions, `pushes` pushes one at a time.
@@ -179,7 +189,7 @@ async function batchPushes() {
 // (where the server has the route) timed to each session's arrival, then S1's pushes to
 // `users` of those users while every session stays open.
 async function scale() {
-  const { sessions: count, users, pushes, inFlight, chunk } = options;
+  const { sessions: count, pushes, chunk } = options;
   const prefix = `s${Math.random().toString(36).slice(2, 8)}`;
   const broadcastArrivals = [];
   const latencies = [];
@@ -228,51 +238,27 @@ async function scale() {
                             broadcast_last_ms: broadcastArrivals[broadcastArrivals.length - 1] });
   }
   const pushed = new Promise((resolve) => { onPushesDone = resolve; });
-  let next = 0;
-  const cpuStart = process.cpuUsage();
-  const started = performance.now();
-  async function worker() {
-    while (next < pushes) {
-      const n = next;
-      next += 1;
-      await request('POST', `/api/${prefix}-${n % users}/push`,
-                    { message: { n, t: performance.now() } });
-    }
-  }
-  await Promise.all(Array.from({ length: inFlight }, worker));
-  await pushed;
-  const seconds = (performance.now() - started) / 1000;
-  latencies.sort((a, b) => a - b);
-  return Object.assign(result, { rate: pushes / seconds, unit: 'pushes delivered/s',
-                                 p50_ms: percentile(latencies, 50),
-                                 p99_ms: percentile(latencies, 99),
-                                 generator_cpu: cpuShare(cpuStart, seconds) });
+  return Object.assign(result, await pushRound(prefix, options, latencies, pushed));
 }
 
 // POLL: `sessions` long-polling sessions, open and registered; counts every completed
 // poll. The orchestrator writes a line to ask for the count (it reads the worker's CPU
 // around an idle window), then "go": `pushes` pushes to `users` of them, 32 in flight.
 async function pollingAtScale() {
-  const { sessions: count, users, pushes, inFlight } = options;
+  const { sessions: count, pushes } = options;
   const prefix = `p${Math.random().toString(36).slice(2, 8)}`;
   let polls = 0;
   let received = 0;
   let onPushesDone = null;
   const latencies = [];
   const openStarted = performance.now();
-  for (let start = 0; start < count; start += 50) {
-    const size = Math.min(50, count - start);
-    const opened = [];
-    for (let i = 0; i < size; i += 1) {
-      opened.push(openSession(`${prefix}-${start + i}`, `c${start + i}`, 'polling', (message) => {
-        latencies.push(performance.now() - message.t);
-        received += 1;
-        if (received === pushes && onPushesDone) onPushesDone();
-      }).then((socket) => {
-        socket.io.engine.transport.on('pollComplete', () => { polls += 1; });
-      }));
-    }
-    await Promise.all(opened);
+  const opened = await openSessions(count, (i) => `${prefix}-${i}`, 'polling', (message) => {
+    latencies.push(performance.now() - message.t);
+    received += 1;
+    if (received === pushes && onPushesDone) onPushesDone();
+  });
+  for (const socket of opened) {
+    socket.io.engine.transport.on('pollComplete', () => { polls += 1; });
   }
   const openSeconds = (performance.now() - openStarted) / 1000;
   const lines = require('readline').createInterface({ input: process.stdin });
@@ -281,26 +267,10 @@ async function pollingAtScale() {
   while ((await nextLine()) === 'count') process.stdout.write(`${polls}\n`);
   const pollsBefore = polls;
   const pushed = new Promise((resolve) => { onPushesDone = resolve; });
-  let next = 0;
-  const cpuStart = process.cpuUsage();
-  const started = performance.now();
-  async function worker() {
-    while (next < pushes) {
-      const n = next;
-      next += 1;
-      await request('POST', `/api/${prefix}-${n % users}/push`,
-                    { message: { n, t: performance.now() } });
-    }
-  }
-  await Promise.all(Array.from({ length: inFlight }, worker));
-  await pushed;
-  const seconds = (performance.now() - started) / 1000;
-  latencies.sort((a, b) => a - b);
+  const figures = await pushRound(prefix, options, latencies, pushed);
   lines.close();
-  return { sessions: count, open_rate: count / openSeconds, rate: pushes / seconds,
-           unit: 'pushes delivered/s', seconds, polls: polls - pollsBefore,
-           p50_ms: percentile(latencies, 50), p99_ms: percentile(latencies, 99),
-           generator_cpu: cpuShare(cpuStart, seconds) };
+  return { sessions: count, open_rate: count / openSeconds, polls: polls - pollsBefore,
+           ...figures };
 }
 
 function cpuShare(start, seconds) {

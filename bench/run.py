@@ -175,16 +175,26 @@ def _peer_env(env):
     return {'REDIS_URL': env['REDIS_URL']} if env and 'REDIS_URL' in env else None
 
 
-def run_scenario(name, kind, env=None):
-    """One scenario on a fresh server of `kind`; returns its figures."""
+def fresh_server(kind, env=None):
+    """A server of `kind` for one scenario: ours with `env`, the peer with its Redis only,
+    on an emptied Redis when there is one."""
     if env and 'REDIS_URL' in env:
         port = env['REDIS_URL'].rsplit(':', 1)[1].split('/')[0]
         subprocess.run(['redis-cli', '-p', port, 'flushall'], capture_output=True)
-    server = Server(kind, env=env if kind == 'ours' else _peer_env(env))
+    return Server(kind, env=env if kind == 'ours' else _peer_env(env))
+
+
+def load_command(scenario, server, **options):
+    """The load generator, on its core, running `scenario` against `server`."""
+    options = {'scenario': scenario, 'url': server.url, 'token': TOKEN, **options}
+    return ['taskset', '-c', LOAD_CORE, 'node', str(BENCH / 'load.js'), json.dumps(options)]
+
+
+def run_scenario(name, kind, env=None):
+    """One scenario on a fresh server of `kind`; returns its figures."""
+    server = fresh_server(kind, env)
     try:
-        options = {'scenario': name, 'url': server.url, 'token': TOKEN, **SCENARIOS[name]}
-        command = ['taskset', '-c', LOAD_CORE, 'node', str(BENCH / 'load.js'),
-                   json.dumps(options)]
+        command = load_command(name, server, **SCENARIOS[name])
         if name == 'S3':
             return measure_memory(server, command)
         result = subprocess.run(command, capture_output=True, text=True, timeout=900)
@@ -224,15 +234,14 @@ def run_scale(requested, env=None):
 
 def run_scale_point(size, kind, env=None):
     """One SCALE point on a fresh server."""
-    server = Server(kind, env=env if kind == 'ours' else _peer_env(env))
+    server = fresh_server(kind, env)
     try:
         time.sleep(1)
         before = server.rss_kib()
-        options = {'scenario': 'SCALE', 'url': server.url, 'token': TOKEN,
-                   'sessions': size, 'broadcast': kind == 'ours', **SCALE_LOAD}
-        load = subprocess.Popen(['taskset', '-c', LOAD_CORE, 'node', str(BENCH / 'load.js'),
-                                 json.dumps(options)], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        load = subprocess.Popen(
+            load_command('SCALE', server, sessions=size, broadcast=kind == 'ours',
+                         **SCALE_LOAD),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             ready = load.stdout.readline()
             if not ready.startswith('READY'):
@@ -259,12 +268,11 @@ def _cpu_seconds(pid):
 
 def run_poll(kind, env=None):
     """POLL on a fresh server: the serving process's CPU per poll, idle then under pushes."""
-    server = Server(kind, env=env if kind == 'ours' else _peer_env(env))
+    server = fresh_server(kind, env)
     try:
-        options = {'scenario': 'POLL', 'url': server.url, 'token': TOKEN, **POLL_LOAD}
-        load = subprocess.Popen(['taskset', '-c', LOAD_CORE, 'node', str(BENCH / 'load.js'),
-                                 json.dumps(options)], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        load = subprocess.Popen(load_command('POLL', server, **POLL_LOAD),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
         pid = server.serving_pid()
 
         def ask(line):
