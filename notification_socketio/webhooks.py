@@ -60,12 +60,10 @@ def verify(secret, body, header, tolerance=300, now=None):
     return any(hmac.compare_digest(expected, given) for given in fields.get('v1', ()))
 
 
-def event_body(event_type, data, event_id=None, ts_ms=None):
-    """The JSON body of one event, as bytes."""
-    return jsoncodec.dumps({
-        'id': event_id or 'evt_' + uuid.uuid4().hex, 'type': event_type,
-        'ts': int(time.time() * 1000) if ts_ms is None else ts_ms,
-        'data': data}).encode()
+def event_body(event_type, data):
+    """The JSON body of a new event, as bytes."""
+    return jsoncodec.dumps({'id': 'evt_' + uuid.uuid4().hex, 'type': event_type,
+                            'ts': int(time.time() * 1000), 'data': data}).encode()
 
 
 def backoff(attempt):
@@ -85,7 +83,7 @@ def safe_url(url):
 class Job:
     """One event for one URL."""
 
-    __slots__ = ('job_id', 'url', 'body', 'created', 'attempt', 'due', 'event_type')
+    __slots__ = ('job_id', 'url', 'body', 'created', 'attempt', 'due')
 
     def __init__(self, job_id, url, body, created, attempt=0, due=0.0):
         self.job_id = job_id
@@ -94,10 +92,6 @@ class Job:
         self.created = created   # unix seconds
         self.attempt = attempt   # attempts made before this one
         self.due = due
-        self.event_type = None
-
-    def __lt__(self, other):
-        return self.due < other.due
 
 
 class MemoryOutbox:
@@ -184,10 +178,6 @@ class Sender:
         except Exception:   # the state is away
             return None
 
-    def stop(self):
-        if self._greenlet is not None:
-            self._greenlet.kill(block=False)
-
     def _run(self):
         woken = getattr(self.outbox, 'woken', None)
         while True:
@@ -222,7 +212,7 @@ class Sender:
             error = 'no answer within %ds' % CALL_TIMEOUT if isinstance(
                 exc, (requests.Timeout, TimeoutError)) else type(exc).__name__
         ok = status is not None and 200 <= status < 300
-        event_type = job.event_type or _event_type(job.body)
+        event_type = _event_type(job.body)
         if ok:
             outcome = 'sent'
             self._settle(self.outbox.done, job)

@@ -301,23 +301,11 @@ class MemoryState(State):
     def _sweep(self):
         """Drop what expired: each queue is read from its oldest end, as far as it expired."""
         now = self._clock()
-        while self._unheld:
-            (user_id, connection_id), expires_at = next(iter(self._unheld.items()))
-            if expires_at > now:
-                break
+        for user_id, connection_id in _expired(self._unheld, now):
             self._delete(user_id, connection_id)
-        oldest_kept = int((now - self.history_ttl) * 1000)
-        while self._history_expiry:
-            target, newest = next(iter(self._history_expiry.items()))
-            if newest > oldest_kept:
-                break
-            del self._history_expiry[target]
+        for target in _expired(self._history_expiry, int((now - self.history_ttl) * 1000)):
             del self._histories[target]
-        while self._idempotency:
-            key, (_, _, _, expires_at) = next(iter(self._idempotency.items()))
-            if expires_at > now:
-                break
-            del self._idempotency[key]
+        _expired(self._idempotency, now, time_of=lambda record: record[3])
         oldest_record = (now - self.record_ttl) * 1000
         while self._record_expiry:
             user_id, newest = next(iter(self._record_expiry.items()))
@@ -326,10 +314,19 @@ class MemoryState(State):
             del self._record_expiry[user_id]
             del self._records[user_id]   # every record of the user is too old
             self._acked.pop(user_id, None)
-        for revocations in (self._revoked, self._revoked_all):
-            while revocations:
-                key, value = next(iter(revocations.items()))
-                if (value[1] if isinstance(value, tuple) else value) > now:
-                    break
-                del revocations[key]
+        _expired(self._revoked, now)
+        _expired(self._revoked_all, now, time_of=lambda revocation: revocation[1])
         return now
+
+
+def _expired(queue, deadline, time_of=lambda value: value):
+    """Remove from the front of `queue`, an OrderedDict in the order of its times, every
+    key whose time is at or before `deadline`; return those keys."""
+    keys = []
+    while queue:
+        key, value = next(iter(queue.items()))
+        if time_of(value) > deadline:
+            break
+        del queue[key]
+        keys.append(key)
+    return keys

@@ -250,7 +250,7 @@ return {online, redis.call('ZCARD', unheld) + redis.call('ZCARD', held)}
 # then one target (as JSON, null for a broadcast) per target.
 # Returns {'new', id, online, id, online...}, {'repeated', ...} or {'conflict'}; online is
 # the sockets holding the user's registrations (-1 for a broadcast).
-_APPEND = _NOW_MS + """
+_APPEND = _NOW_MS + _IDS + """
 if ARGV[5] ~= '' then
   local record = redis.call('GET', KEYS[2])
   if record then
@@ -264,13 +264,9 @@ if ARGV[5] ~= '' then
     return found
   end
 end
-local last = redis.call('GET', KEYS[1])
 local ms, seq = now_ms, -1
-if last then
-  local last_ms, last_seq = string.match(last, '^(%d+)-(%d+)$')
-  last_ms, last_seq = tonumber(last_ms), tonumber(last_seq)
-  if last_ms >= ms then ms, seq = last_ms, last_seq end
-end
+local last_ms, last_seq = parse_id(redis.call('GET', KEYS[1]))
+if last_ms >= ms then ms, seq = last_ms, last_seq end
 local fallback_ms, record_ms = tonumber(ARGV[7]), tonumber(ARGV[9])
 local reply, kept = {'new'}, {}
 for i = 1, (#KEYS - 4) / 5 do
