@@ -218,6 +218,9 @@ def _client_script(env):
 def _redis_url(url):
     if url is None:
         return None
-    if urlsplit(url).scheme not in ('redis', 'rediss'):
-        raise ConfigError('REDIS_URL must start with redis:// or rediss://')
+    from . import redisconn
+    try:
+        redisconn.check(url)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     return url

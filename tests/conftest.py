@@ -294,12 +294,14 @@ class RedisServer:
         self.url = f'redis://127.0.0.1:{self.port}/0'
         self.process = None
 
-    def start(self):
+    def start(self, options=()):
         """Start it (with what it saved before, if anything) and wait until it answers."""
         self.process = subprocess.Popen(
             [self.binary, '--port', str(self.port), '--bind', '127.0.0.1', '--save', '',
              '--appendonly', 'no', '--dir', str(self.directory), '--dbfilename', 'dump.rdb',
-             '--logfile', str(self.directory / 'redis.log')],
+             '--logfile', str(self.directory / 'redis.log'),
+             # A replica syncs at once, not after 5 s of waiting for others.
+             '--repl-diskless-sync-delay', '0', *options],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(self.answers, timeout=10, message=f'redis-server on port {self.port}')
         return self
@@ -326,6 +328,167 @@ class RedisServer:
         else:
             self.process.kill()
         self.process.wait(timeout=10)
+
+
+class RedisClusterNodes:
+    """A real Redis Cluster: `primaries` redis-servers on free ports, each with `replicas`."""
+
+    def __init__(self, directory, primaries=3, replicas=0):
+        self.nodes = [RedisServer(directory / f'node-{n}')
+                      for n in range(primaries * (1 + replicas))]
+        self.replicas = replicas
+        hosts = ','.join(f'127.0.0.1:{node.port}' for node in self.nodes[:primaries])
+        self.url = f'redis+cluster://{hosts}'
+
+    def start(self):
+        for node in self.nodes:
+            node.directory.mkdir(parents=True, exist_ok=True)
+            # The bus port is given: the default (port + 10000) may not exist.
+            node.start(['--cluster-enabled', 'yes', '--cluster-node-timeout', '2000',
+                        '--cluster-port', str(free_port()),
+                        '--cluster-config-file', str(node.directory / 'nodes.conf')])
+        made = subprocess.run(
+            ['redis-cli', '--cluster', 'create',
+             *(f'127.0.0.1:{node.port}' for node in self.nodes),
+             '--cluster-replicas', str(self.replicas), '--cluster-yes'],
+            capture_output=True, text=True, timeout=60)
+        assert made.returncode == 0, made.stdout + made.stderr
+        self.created = made.stdout
+        wait_for(self.ready, timeout=30, message='the cluster to agree on its slots')
+        return self
+
+    def ready(self):
+        def ok(node):
+            try:
+                with node.client() as client:
+                    info = client.cluster('info')
+                    return info['cluster_state'] == 'ok' and \
+                        int(info['cluster_slots_ok']) == 16384
+            except Exception:
+                return False
+        return all(ok(node) for node in self.nodes if node.process.poll() is None) and \
+            (not self.replicas or self.replicating())
+
+    def replicating(self):
+        """True once a write to each primary reaches a replica (WAIT): a replica that
+        says its link is up may not be streaming yet, and one that never was cannot
+        take over with the data."""
+        with self.client() as cluster:
+            for number, node in enumerate(cluster.get_primaries()):
+                probe = next(f'probe-{number}-{n}' for n in range(100000)
+                             if cluster.get_node_from_key(f'probe-{number}-{n}') == node)
+                client = cluster.get_redis_connection(node)
+                client.set(probe, '1')
+                if client.execute_command('WAIT', 1, 1000) < 1:
+                    return False
+        return True
+
+    def client(self):
+        import redis.cluster
+        return redis.cluster.RedisCluster(
+            startup_nodes=[redis.cluster.ClusterNode('127.0.0.1', node.port)
+                           for node in self.nodes if node.process.poll() is None],
+            decode_responses=True, socket_timeout=5)
+
+    def primary_of(self, key):
+        """The RedisServer that serves `key` now."""
+        with self.client() as client:
+            port = client.get_node_from_key(key).port
+        return next(node for node in self.nodes if node.port == port)
+
+    def flush(self):
+        with self.client() as client:
+            client.flushall(target_nodes='primaries')
+
+    def stop(self):
+        for node in self.nodes:
+            node.stop()
+
+
+class SentinelSet:
+    """A real primary with one replica, watched by three Sentinels, all on free ports."""
+
+    SERVICE = 'nsio-test'
+
+    def __init__(self, directory):
+        self.primary = RedisServer(directory / 'primary')
+        self.replica = RedisServer(directory / 'replica')
+        self.directory = directory
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.sentinels = []
+        hosts = ','.join(f'127.0.0.1:{port}' for port in self.sentinel_ports)
+        self.url = f'redis+sentinel://{hosts}/0/{self.SERVICE}'
+
+    def start(self):
+        for server_ in (self.primary, self.replica):
+            server_.directory.mkdir(parents=True, exist_ok=True)
+        self.primary.start()
+        self.replica.start(['--replicaof', '127.0.0.1', str(self.primary.port)])
+        for port in self.sentinel_ports:
+            config = self.directory / f'sentinel-{port}.conf'
+            config.write_text(
+                f'port {port}\nbind 127.0.0.1\n'
+                f'sentinel monitor {self.SERVICE} 127.0.0.1 {self.primary.port} 2\n'
+                f'sentinel down-after-milliseconds {self.SERVICE} 1000\n'
+                f'sentinel failover-timeout {self.SERVICE} 5000\n')
+            self.sentinels.append(subprocess.Popen(
+                [shutil.which('redis-server'), str(config), '--sentinel',
+                 '--logfile', str(self.directory / f'sentinel-{port}.log')],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_for(lambda: self.primary_port() == self.primary.port and self.replicated(),
+                 timeout=30, message='the Sentinels to see the primary and its replica')
+        return self
+
+    def primary_port(self):
+        """The port of the primary the Sentinels name now (None if they cannot be asked)."""
+        import redis
+        for port in self.sentinel_ports:
+            try:
+                with redis.Redis(port=port, socket_timeout=2, decode_responses=True) as client:
+                    found = client.sentinel_get_master_addr_by_name(self.SERVICE)
+                    if found:
+                        return int(found[1])
+            except Exception:
+                continue
+        return None
+
+    def replicated(self):
+        """True once a write to the primary reaches the replica (WAIT): one that never
+        synced cannot take over with the data."""
+        try:
+            with self.primary.client() as client:
+                client.set('probe', '1')
+                return client.execute_command('WAIT', 1, 1000) >= 1
+        except Exception:
+            return False
+
+    def server_on(self, port):
+        return next(server_ for server_ in (self.primary, self.replica) if server_.port == port)
+
+    def stop(self):
+        for process in self.sentinels:
+            process.kill()
+            process.wait(timeout=10)
+        self.primary.stop()
+        self.replica.stop()
+
+
+@pytest.fixture
+def redis_cluster(tmp_path):
+    """A three-node Redis Cluster of the test's own."""
+    if shutil.which('redis-cli') is None:
+        missing('redis-cli is not installed (apt-get install redis-tools)')
+    nodes = RedisClusterNodes(tmp_path).start()
+    yield nodes
+    nodes.stop()
+
+
+@pytest.fixture
+def redis_sentinel(tmp_path):
+    """A Redis primary, its replica and three Sentinels of the test's own."""
+    sentinels = SentinelSet(tmp_path).start()
+    yield sentinels
+    sentinels.stop()
 
 
 @pytest.fixture

@@ -36,10 +36,21 @@ def test_values_are_read():
     assert config.console is False
 
 
+@pytest.mark.parametrize('url', [
+    'redis://h:6379/0', 'rediss://user:pw@h:6380/1', 'redis+sentinel://a:26379,b:26379/0/main',
+    'rediss+sentinel://:pw@a:26379/0/main', 'redis+cluster://a:7000,b:7001',
+    'rediss+cluster://user:pw@[::1]:7000',
+])
+def test_redis_urls_for_one_server_sentinel_and_cluster(url):
+    assert Config.from_env({'AUTH_TOKEN': 't', 'REDIS_URL': url}).redis_url == url
+
+
 @pytest.mark.parametrize('name, value', [
     ('PORT', 'eighty'), ('PORT', '0'), ('PORT', '70000'), ('REGISTRATION_TTL', '0'),
     ('HISTORY_SIZE', '-1'), ('MAX_MESSAGE_BYTES', '1'), ('LOG_FORMAT', 'xml'),
     ('CONSOLE', 'maybe'), ('REDIS_URL', 'http://localhost:6379'),
+    ('REDIS_URL', 'redis+sentinel://h:26379/0'), ('REDIS_URL', 'redis+cluster://h'),
+    ('REDIS_URL', 'redis+cluster://h:7000,:7001'),
     ('CORS_ALLOWED_ORIGINS', 'example.com'), ('PING_INTERVAL', '0'),
 ])
 def test_wrong_values_are_refused_by_name(name, value):

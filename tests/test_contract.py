@@ -93,6 +93,33 @@ def test_python_socketio_manager_seams_that_delivery_uses():
     has(socketio.Server, 'reserved_events')
 
 
+def test_python_socketio_redis_manager_reaches_redis_only_through_the_two_seams():
+    # fanout.py overrides _listen and _publish, so python-socketio never connects with its
+    # own code (which knows neither Cluster URLs nor rediss+sentinel://): nothing else of
+    # RedisManager or PubSubManager may open a connection or use one.
+    for cls in (socketio.RedisManager, socketio.PubSubManager):
+        for name, member in vars(cls).items():
+            if name in ('_listen', '_publish', '_redis_listen_with_retries', '_redis_connect',
+                        '__init__') or not callable(member):
+                continue
+            source = inspect.getsource(member)
+            assert '_redis_connect' not in source and 'self.redis.' not in source and \
+                'self.pubsub' not in source, f'{cls.__name__}.{name} uses Redis itself'
+    assert '_redis_listen_with_retries' in inspect.getsource(socketio.RedisManager._listen)
+    # redisconn.py reads Sentinel URLs with python-socketio's own parser.
+    from socketio.redis_manager import parse_redis_sentinel_url
+    assert parse_redis_sentinel_url('redis+sentinel://u:p@a:1,b:2/3/main') == (
+        [('a', 1), ('b', 2)], 'main', {'username': 'u', 'password': 'p', 'db': 3})
+
+
+def test_redis_py_sentinel_says_a_primary_was_demoted_as_state_redis_expects():
+    # state/redis.py tells "refused: not made" (503) from "no answer" (504) by this text.
+    import redis.sentinel
+    from notification_socketio.state.redis import DEMOTED
+    assert f'raise ConnectionError("{DEMOTED}")' in inspect.getsource(
+        redis.sentinel.SentinelManagedConnection.read_response)
+
+
 def manager_state(manager):
     return ({namespace: {room: dict(members) for room, members in rooms.items()}
              for namespace, rooms in manager.rooms.items()},

@@ -2,6 +2,7 @@
 import time
 
 import pytest
+from conftest import RedisClusterNodes, SentinelSet
 
 from notification_socketio.config import Config
 from notification_socketio.state import (EVERYONE, Idempotency, IdempotencyConflict,
@@ -37,10 +38,38 @@ class RealClock:
         time.sleep(seconds)
 
 
-@pytest.fixture(params=['memory', 'redis'])
+@pytest.fixture(scope='module')
+def shared_topologies(tmp_path_factory):
+    """A Redis Cluster and a Sentinel set, started once for this file's tests (lazily)."""
+    started = {}
+
+    def get(kind):
+        if kind not in started:
+            directory = tmp_path_factory.mktemp(kind)
+            started[kind] = (RedisClusterNodes(directory) if kind == 'cluster'
+                             else SentinelSet(directory)).start()
+        return started[kind]
+
+    yield get
+    for topology in started.values():
+        topology.stop()
+
+
+@pytest.fixture(params=['memory', 'redis', 'cluster', 'sentinel'])
 def backend(request, tmp_path):
-    """Make (state, clock) pairs of one backend, with configuration overrides."""
+    """Make (state, clock) pairs of one backend, with configuration overrides.
+
+    `cluster` is a real three-node Redis Cluster, `sentinel` a real primary, replica and
+    three Sentinels: the same scripts, reached through redisconn's URLs.
+    """
     made = []
+    if request.param in ('cluster', 'sentinel'):
+        topology = request.getfixturevalue('shared_topologies')(request.param)
+        if request.param == 'cluster':
+            topology.flush()
+        else:
+            with topology.server_on(topology.primary_port()).client() as client:
+                client.flushall()
 
     def make(**overrides):
         settings = {'registration_ttl': TTL, 'history_size': 5, 'history_ttl': TTL,
@@ -48,8 +77,9 @@ def backend(request, tmp_path):
         if request.param == 'memory':
             clock = FakeClock()
             return MemoryState(Config.for_testing(**settings), clock=clock), clock
-        redis_server = request.getfixturevalue('redis_server')
-        state = RedisState(Config.for_testing(redis_url=redis_server.url, **settings))
+        url = topology.url if request.param in ('cluster', 'sentinel') else \
+            request.getfixturevalue('redis_server').url
+        state = RedisState(Config.for_testing(redis_url=url, **settings))
         made.append(state)
         return state, RealClock()
 
@@ -388,6 +418,6 @@ def test_a_push_to_a_redis_that_does_not_answer_is_sent_once(redis_server, proxi
         state.append(['u1'], 'maybe')
     proxy.restore()
     with redis_server.client() as admin:
-        assert admin.xlen(RedisState.history_key('u1')) == 2
+        assert admin.xlen(state.keys.history('u1')) == 2
     assert [entry.message for entry in state.history('u1')] == ['before', 'maybe']
     state.close()

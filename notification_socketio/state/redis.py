@@ -1,5 +1,9 @@
 """State in Redis: any number of processes on any number of hosts act as one.
 
+One server, the primary of a Sentinel set or a Cluster (redisconn.py reads REDIS_URL).
+The key names below start with `nsio:`; on a Cluster with `{nsio}:`, a hash tag that puts
+them all in one slot (`Keys` says why).
+
 A registration is a hash `nsio:reg:<len(userId)>:<userId>:<connectionId>` with its holder's
 sid, the id up to which it has received and when its socket last answered a heartbeat;
 `nsio:unheld:<userId>` and `nsio:held:<userId>` index a user's connectionIds. A user's history is a stream
@@ -14,15 +18,17 @@ run it, so the caller learns that the outcome is unknown (OutcomeUnknown). Other
 can be repeated safely and are retried once on a broken connection; none waits longer
 than REDIS_TIMEOUT for an answer.
 """
+import contextlib
 import functools
 import logging
 import json
 
 import redis
+import redis.cluster
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .. import jsoncodec
+from .. import jsoncodec, redisconn
 from .base import (EVERYONE, MESSAGE_RECORDS, Appended, Claim, Entry, IdempotencyConflict,
                    MessageStatus, NotRegistered, OutcomeUnknown, Revoked, Sessions, State,
                    StateUnavailable, TooManySessions, parse_message_id)
@@ -32,7 +38,14 @@ CHANNEL = 'notification-socketio'
 #: Seconds a call waits for Redis to answer.
 REDIS_TIMEOUT = 3
 _KEY_FLOOR_MS = 1000   # PEXPIRE 0 would delete a stream at once
-_LEASE_MS = 30000      # a due presence check or fallback taken by one process, for this long
+_LEASE_MS = 30000
+#: Answers to a script that Redis did not run: it was sent to a server that is no longer
+#: the primary of its keys (a failover, a Cluster slot that moved or is being failed over).
+_NOT_RUN = (redis.ReadOnlyError, redis.exceptions.AskError, redis.exceptions.TryAgainError,
+            redis.exceptions.ClusterDownError)
+#: What redis-py's Sentinel connection raises instead of READONLY (tests/test_contract.py).
+DEMOTED = 'The previous master is now a slave'
+      # a due presence check or fallback taken by one process, for this long
 
 _NOW_MS = """
 local now = redis.call('TIME')
@@ -416,29 +429,79 @@ def _unavailable_on_error(method):
     return wrapped
 
 
+class Keys:
+    """Every key the state uses, under one prefix.
+
+    On a Cluster the prefix is a hash tag, `{nsio}:`, so that every key is in one slot: the
+    append script takes each message's id from one sequence and publishes it in the same
+    step, which is what keeps every socket's messages in id order (delivery.py); keys in
+    several slots cannot be written by one script.
+    """
+
+    def __init__(self, prefix='nsio:'):
+        self.prefix = prefix
+        self.last_id = prefix + 'last-id'
+        self.broadcast = prefix + 'broadcast'
+        self.no_idempotency = prefix + 'idempotency'   # declared, never written
+        self.fallbacks = prefix + 'fallbacks'   # `<id>:<userId>` by when it falls due
+        self.fallback_messages = prefix + 'fallback-messages'
+        self.presence_checks = prefix + 'presence-checks'   # userId by when to look again
+        #: What a script that decides an event writes to: due jobs, jobs, the event counter.
+        self.outbox = (prefix + 'webhooks:due', prefix + 'webhooks:jobs',
+                       prefix + 'webhooks:seq')
+        self.attempts = prefix + 'webhooks:attempts'
+
+    def registration_prefix(self, user_id):
+        """Registration keys of a user; the length keeps `a:b`+`c` apart from `a`+`b:c`."""
+        return f'{self.prefix}reg:{len(user_id)}:{user_id}:'
+
+    def registration(self, user_id, connection_id):
+        """The key of one registration."""
+        return self.registration_prefix(user_id) + connection_id
+
+    def indexes(self, user_id):
+        """The sorted sets of a user's connectionIds: unheld ones, and held ones."""
+        return [f'{self.prefix}unheld:{user_id}', f'{self.prefix}held:{user_id}']
+
+    def revocations(self, user_id, connection_id):
+        """Keys that keep tokens from registering again: the connection's, the user's."""
+        return [f'{self.prefix}revoked:{len(user_id)}:{user_id}:{connection_id}',
+                f'{self.prefix}revoked-all:{user_id}']
+
+    def presence(self, user_id):
+        """Set while the user is online (webhooks told so)."""
+        return f'{self.prefix}presence:{user_id}'
+
+    def records(self, user_id):
+        """The user's message records, the acknowledged ones, the pending fallbacks."""
+        return [f'{self.prefix}messages:{user_id}', f'{self.prefix}acked:{user_id}',
+                f'{self.prefix}pending:{user_id}']
+
+    def idempotency(self, key):
+        """The record of a push made with an Idempotency-Key."""
+        return f'{self.prefix}idempotency:{key}'
+
+    def history(self, target):
+        """The stream holding a user's recent messages (or the broadcasts')."""
+        return self.broadcast if target is EVERYONE else f'{self.prefix}history:{target}'
+
+
 class RedisState(State):
-    """The shared state of every process, in Redis."""
+    """The shared state of every process, in Redis (one server, Sentinel's primary, a Cluster)."""
 
     local = False
-    LAST_ID_KEY = 'nsio:last-id'
-    BROADCAST_KEY = 'nsio:broadcast'
-    NO_IDEMPOTENCY_KEY = 'nsio:idempotency'   # declared, never written
-    FALLBACKS_KEY = 'nsio:fallbacks'            # `<id>:<userId>` by when it falls due
-    FALLBACK_MESSAGES_KEY = 'nsio:fallback-messages'
-    PRESENCE_CHECKS_KEY = 'nsio:presence-checks'   # userId by when to look again
-    #: What a script that decides an event writes to: due jobs, jobs, the event counter.
-    OUTBOX_KEYS = ('nsio:webhooks:due', 'nsio:webhooks:jobs', 'nsio:webhooks:seq')
-    ATTEMPTS_KEY = 'nsio:webhooks:attempts'
 
     def __init__(self, config, channel=CHANNEL):
         super().__init__(config)
         #: python-socketio's channel; ours carries the messages (fanout.py reads both).
         self.channel = channel
         self.messages_channel = channel + ':messages'
-        self.redis = redis.Redis.from_url(
+        self.redis = redisconn.connect(
             config.redis_url, decode_responses=True, socket_timeout=REDIS_TIMEOUT,
             socket_connect_timeout=REDIS_TIMEOUT, health_check_interval=30,
             retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)))
+        self.cluster = isinstance(self.redis, redis.cluster.RedisCluster)
+        self.keys = Keys('{nsio}:' if self.cluster else 'nsio:')
         self._ttl_ms = int(self.registration_ttl * 1000)
         self._history_ms = int(self.history_ttl * 1000)
         self._idempotency_ms = int(self.idempotency_ttl * 1000)
@@ -454,50 +517,15 @@ class RedisState(State):
             ('take', _TAKE))}
         self.outbox = RedisOutbox(self)
 
-    @staticmethod
-    def registration_prefix(user_id):
-        """Registration keys of a user; the length keeps `a:b`+`c` apart from `a`+`b:c`."""
-        return f'nsio:reg:{len(user_id)}:{user_id}:'
-
-    @classmethod
-    def registration_key(cls, user_id, connection_id):
-        """The key of one registration."""
-        return cls.registration_prefix(user_id) + connection_id
-
-    @staticmethod
-    def index_keys(user_id):
-        """The sorted sets of a user's connectionIds: unheld ones, and held ones."""
-        return [f'nsio:unheld:{user_id}', f'nsio:held:{user_id}']
-
     def _registration_keys(self, user_id, connection_id):
-        return [self.registration_key(user_id, connection_id), *self.index_keys(user_id)]
+        return [self.keys.registration(user_id, connection_id), *self.keys.indexes(user_id)]
 
-    @staticmethod
-    def revocation_keys(user_id, connection_id):
-        """Keys that keep tokens from registering again: the connection's, the user's."""
-        return [f'nsio:revoked:{len(user_id)}:{user_id}:{connection_id}',
-                f'nsio:revoked-all:{user_id}']
-
-    @staticmethod
-    def presence_key(user_id):
-        """Set while the user is online (webhooks told so)."""
-        return f'nsio:presence:{user_id}'
-
-    @staticmethod
-    def record_keys(user_id):
-        """The user's message records, the acknowledged ones, the pending fallbacks."""
-        return [f'nsio:messages:{user_id}', f'nsio:acked:{user_id}',
-                f'nsio:pending:{user_id}']
-
-    @staticmethod
-    def idempotency_key(key):
-        """The record of a push made with an Idempotency-Key."""
-        return f'nsio:idempotency:{key}'
-
-    @classmethod
-    def history_key(cls, target):
-        """The stream holding a user's recent messages (or the broadcasts')."""
-        return cls.BROADCAST_KEY if target is EVERYONE else f'nsio:history:{target}'
+    def _node(self):
+        """The client of the one server holding every key (on a Cluster, its slot's primary)."""
+        if self.cluster:
+            return self.redis.get_redis_connection(
+                self.redis.get_node_from_key(self.keys.last_id))
+        return self.redis
 
     def _run(self, name, keys, args):
         return self._scripts[name](keys=keys, args=args)
@@ -505,14 +533,16 @@ class RedisState(State):
     def _run_once(self, name, keys, args):
         """Send a script to Redis once: nothing retries it, whatever happens.
 
-        StateUnavailable if no connection could be made (nothing was sent); OutcomeUnknown
+        StateUnavailable if it was not run (no connection could be made, or the server
+        refused it: a replica since a failover, a Cluster slot that moved); OutcomeUnknown
         if it was sent and no answer came.
         """
-        pool = self.redis.connection_pool
+        pool = self._node().connection_pool
         try:
             connection = pool.get_connection()   # connected, or it raises
         except redis.RedisError as error:
             self.failures += 1
+            self._learn_layout()
             raise StateUnavailable(f'Redis: {error}') from error
         script = self._scripts[name]
         try:
@@ -522,12 +552,33 @@ class RedisState(State):
             except redis.exceptions.NoScriptError:
                 connection.send_command('EVAL', script.script, len(keys), *keys, *args)
                 return connection.read_response()
+        except _NOT_RUN as error:
+            self._not_run(connection, error)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
             connection.disconnect()
+            if str(error) == DEMOTED:
+                self._not_run(connection, error)
             self.failures += 1
+            self._learn_layout()
             raise OutcomeUnknown(f'Redis: {error}') from error
         finally:
             pool.release(connection)
+
+    def _not_run(self, connection, error):
+        connection.disconnect()
+        self.failures += 1
+        self._learn_layout()
+        raise StateUnavailable(f'Redis: {error}') from error
+
+    def _learn_layout(self):
+        """On a Cluster, after a failure: let the cluster client find who serves the slot now.
+
+        A command through it meets the same failure (or a MOVED) and refreshes its map of
+        the slots, as it does for its own commands; the next script goes to the new node.
+        """
+        if self.cluster:
+            with contextlib.suppress(redis.RedisError):
+                self.redis.exists(self.keys.last_id)
 
     def register(self, user_id, connection_id):
         self._register(user_id, connection_id, '')
@@ -539,9 +590,9 @@ class RedisState(State):
     @_unavailable_on_error
     def _register(self, user_id, connection_id, issued_at):
         outcome = self._run('register', [*self._registration_keys(user_id, connection_id),
-                                         self.LAST_ID_KEY,
-                                         *self.revocation_keys(user_id, connection_id)],
-                            [connection_id, self._ttl_ms, self.registration_prefix(user_id),
+                                         self.keys.last_id,
+                                         *self.keys.revocations(user_id, connection_id)],
+                            [connection_id, self._ttl_ms, self.keys.registration_prefix(user_id),
                              self.max_sessions, issued_at])
         if outcome == -1:
             raise TooManySessions()
@@ -551,8 +602,8 @@ class RedisState(State):
     @_unavailable_on_error
     def claim(self, user_id, connection_id, sid):
         found = self._run('claim', [*self._registration_keys(user_id, connection_id),
-                                    self.presence_key(user_id), self.PRESENCE_CHECKS_KEY,
-                                    *self.OUTBOX_KEYS],
+                                    self.keys.presence(user_id), self.keys.presence_checks,
+                                    *self.keys.outbox],
                           [connection_id, self._ttl_ms, sid, user_id,
                            self._urls if self.presence else '',
                            self._online_ms + self._grace_ms])
@@ -564,14 +615,14 @@ class RedisState(State):
     @_unavailable_on_error
     def confirm(self, user_id, connection_id, sid, message_id):
         self._run('confirm', [*self._registration_keys(user_id, connection_id),
-                              *self.record_keys(user_id), self.FALLBACKS_KEY,
-                              self.FALLBACK_MESSAGES_KEY],
+                              *self.keys.records(user_id), self.keys.fallbacks,
+                              self.keys.fallback_messages],
                   [connection_id, self._ttl_ms, sid, message_id or '', user_id,
                    self._record_ms, MESSAGE_RECORDS])
 
     def _release_call(self, user_id, connection_id, sid):
-        return ([*self._registration_keys(user_id, connection_id), self.presence_key(user_id),
-                 self.PRESENCE_CHECKS_KEY],
+        return ([*self._registration_keys(user_id, connection_id), self.keys.presence(user_id),
+                 self.keys.presence_checks],
                 [connection_id, self._ttl_ms, sid, user_id if self.presence else '',
                  self._grace_ms])
 
@@ -582,7 +633,7 @@ class RedisState(State):
     @_unavailable_on_error
     def release_many(self, holds):
         """One round trip for all of them (a pipeline), however many there are."""
-        pipeline = self.redis.pipeline(transaction=False)
+        pipeline = self._node().pipeline(transaction=False)
         for user_id, connection_id, sid in holds:
             keys, args = self._release_call(user_id, connection_id, sid)
             self._scripts['release'](keys=keys, args=args, client=pipeline)
@@ -590,17 +641,17 @@ class RedisState(State):
 
     @_unavailable_on_error
     def revoke(self, user_id, connection_id=None):
-        revocation = self.revocation_keys(user_id, connection_id or '')[
+        revocation = self.keys.revocations(user_id, connection_id or '')[
             0 if connection_id else 1]
-        return self._run('revoke', [*self.index_keys(user_id), revocation,
-                                    self.presence_key(user_id), self.PRESENCE_CHECKS_KEY],
-                         [self.registration_prefix(user_id), connection_id or '',
+        return self._run('revoke', [*self.keys.indexes(user_id), revocation,
+                                    self.keys.presence(user_id), self.keys.presence_checks],
+                         [self.keys.registration_prefix(user_id), connection_id or '',
                           self._ttl_ms, user_id if self.presence else '', self._grace_ms])
 
     @_unavailable_on_error
     def message_status(self, user_id, message_id):
-        records, acked, _ = self.record_keys(user_id)
-        found = self._run('status', [records, acked, self.history_key(user_id)],
+        records, acked, _ = self.keys.records(user_id)
+        found = self._run('status', [records, acked, self.keys.history(user_id)],
                           [message_id, parse_message_id(message_id)[0], self._record_ms,
                            self._history_ms])
         if found is None:
@@ -609,31 +660,31 @@ class RedisState(State):
 
     @_unavailable_on_error
     def tick(self, limit=100):
-        fallbacks, checks = self._run('due', [self.FALLBACKS_KEY, self.PRESENCE_CHECKS_KEY],
+        fallbacks, checks = self._run('due', [self.keys.fallbacks, self.keys.presence_checks],
                                       [limit, _LEASE_MS])
         for fallback in fallbacks:
             message_id, user_id = fallback.split(':', 1)
-            self._run('fallback', [self.record_keys(user_id)[2], self.FALLBACKS_KEY,
-                                   self.FALLBACK_MESSAGES_KEY, *self.OUTBOX_KEYS],
+            self._run('fallback', [self.keys.records(user_id)[2], self.keys.fallbacks,
+                                   self.keys.fallback_messages, *self.keys.outbox],
                       [fallback, message_id, user_id, self._urls])
         for user_id in checks:
-            self._run('presence', [self.index_keys(user_id)[1], self.presence_key(user_id),
-                                   self.PRESENCE_CHECKS_KEY, *self.OUTBOX_KEYS],
+            self._run('presence', [self.keys.indexes(user_id)[1], self.keys.presence(user_id),
+                                   self.keys.presence_checks, *self.keys.outbox],
                       [user_id, self._urls, self._online_ms, self._grace_ms])
 
     @_unavailable_on_error
     def sessions(self, user_id):
-        online, registered = self._run('sessions', self.index_keys(user_id),
+        online, registered = self._run('sessions', self.keys.indexes(user_id),
                                        [self._online_ms, self._ttl_ms])
         return Sessions(online=online, registered=registered)
 
     def append(self, targets, message, idempotency=None, fallback_after=None):
         payload = jsoncodec.dumps(message)
         reply = self._run_once(
-            'append', [self.LAST_ID_KEY,
-                       self.idempotency_key(idempotency.key) if idempotency
-                       else self.NO_IDEMPOTENCY_KEY,
-                       self.FALLBACKS_KEY, self.FALLBACK_MESSAGES_KEY,
+            'append', [self.keys.last_id,
+                       self.keys.idempotency(idempotency.key) if idempotency
+                       else self.keys.no_idempotency,
+                       self.keys.fallbacks, self.keys.fallback_messages,
                        *(key for target in targets for key in self._target_keys(target))],
             [self.history_size if self.history_ttl else 0,
              max(self._history_ms, _KEY_FLOOR_MS), payload, self.messages_channel,
@@ -650,14 +701,14 @@ class RedisState(State):
 
     def _target_keys(self, target):
         if target is EVERYONE:
-            return [self.BROADCAST_KEY] * 5   # declared, only the stream is used
-        return [self.history_key(target), *self.index_keys(target),
-                self.record_keys(target)[0], self.record_keys(target)[2]]
+            return [self.keys.broadcast] * 5   # declared, only the stream is used
+        return [self.keys.history(target), *self.keys.indexes(target),
+                self.keys.records(target)[0], self.keys.records(target)[2]]
 
     @_unavailable_on_error
     def history(self, user_id, after_id=None):
         after = parse_message_id(after_id) if after_id is not None else ('', '')
-        found = self._run('history', [self.history_key(user_id), self.BROADCAST_KEY],
+        found = self._run('history', [self.keys.history(user_id), self.keys.broadcast],
                           [*after, self._history_ms])
         entries = [(parse_message_id(message_id), jsoncodec.loads(fields[1]))
                    for stream in found for message_id, fields in stream]
@@ -666,7 +717,7 @@ class RedisState(State):
 
     def fast_paths(self):
         """['hiredis'] when redis-py reads and writes Redis's protocol with it (in C)."""
-        connection = self.redis.connection_pool.make_connection()
+        connection = self._node().connection_pool.make_connection()
         if type(connection._parser).__name__ == '_HiredisParser':
             return ['hiredis']
         log.warning('fast path OFF: hiredis (redis-py parses Redis\'s answers in Python: '
@@ -696,8 +747,8 @@ class RedisOutbox:
     @_unavailable_on_error
     def take(self, limit):
         from ..webhooks import LEASE, Job
-        due, jobs, _ = RedisState.OUTBOX_KEYS
-        attempts = RedisState.ATTEMPTS_KEY
+        due, jobs, _ = self.state.keys.outbox
+        attempts = self.state.keys.attempts
         taken = []
         for job_id, record, attempt in self.state._run(
                 'take', [due, jobs, attempts], [limit, LEASE * 1000]):
@@ -709,20 +760,20 @@ class RedisOutbox:
 
     @_unavailable_on_error
     def done(self, job):
-        due, jobs, _ = RedisState.OUTBOX_KEYS
-        attempts = RedisState.ATTEMPTS_KEY
-        pipeline = self.state.redis.pipeline(transaction=True)
+        due, jobs, _ = self.state.keys.outbox
+        attempts = self.state.keys.attempts
+        pipeline = self.state._node().pipeline(transaction=True)
         pipeline.zrem(due, job.job_id).hdel(jobs, job.job_id).hdel(attempts, job.job_id)
         pipeline.execute()
 
     @_unavailable_on_error
     def retry(self, job, at):
-        self.state.redis.zadd(RedisState.OUTBOX_KEYS[0], {job.job_id: int(at * 1000)},
+        self.state.redis.zadd(self.state.keys.outbox[0], {job.job_id: int(at * 1000)},
                               xx=True)
 
     @_unavailable_on_error
     def queued(self):
-        return self.state.redis.zcard(RedisState.OUTBOX_KEYS[0])
+        return self.state.redis.zcard(self.state.keys.outbox[0])
 
 
 def decode_published(data):

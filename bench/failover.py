@@ -1,0 +1,165 @@
+"""Failover of the Redis primary during pushes: what is lost, what is replayed, how long.
+
+    python bench/failover.py [--topology sentinel,cluster] [--rounds 3]
+
+Per round: a fresh topology (`sentinel`: a primary, its replica and three Sentinels;
+`cluster`: three primaries with a replica each), one server process (gunicorn, the gevent
+worker) on it, 20 users with a live WebSocket each and 20 registered users with none
+("away"). Four threads push round-robin to all 40 users; 3 s in, the primary holding the
+state is killed (SIGKILL); pushing goes on until 3 s after pushes succeed again. Then the
+away users connect and claim their registrations: what they get is the history's replay.
+
+Printed per topology (medians over rounds): pushes answered 200 / 503 / 504, the outage
+(from the first failed push to the first that succeeded after it), messages answered 200
+that a live socket never received, messages answered 200 that an away user's replay
+lacked (lost with the primary: written there, not yet on the replica), and the messages
+received that no 200 answered for (504s that had been made, or 503s that had not).
+The topologies are the test suite's (tests/conftest.py): real redis-servers on free ports.
+"""
+import argparse
+import signal
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / 'tests'))
+import conftest  # noqa: E402  (the topologies, the server process, the listener)
+
+ONLINE = AWAY = 20
+PUSHERS = 4
+
+
+def start_topology(kind, directory):
+    if kind == 'sentinel':
+        topology = conftest.SentinelSet(directory).start()
+        return topology, lambda: topology.server_on(topology.primary_port())
+    topology = conftest.RedisClusterNodes(directory, primaries=3, replicas=1).start()
+    return topology, lambda: topology.primary_of('{nsio}')
+
+
+def one_round(kind, directory):
+    topology, primary = start_topology(kind, directory)
+    server = conftest.ServerProcess(env={'REDIS_URL': topology.url,
+                                         **conftest.FAST_HEARTBEAT}).start()
+    listeners = []
+    try:
+        users = [f'user-{n}' for n in range(ONLINE + AWAY)]
+        for user in users:
+            assert server.register(user, 'tab').status_code == 200
+        for user in users[:ONLINE]:
+            listener = conftest.Listener(server.url, 'websocket', reconnection=True)
+            listeners.append(listener.follow(user, 'tab'))
+        answers, stop = [], threading.Event()   # (time, status, user, id)
+
+        def push(offset):
+            session = requests.Session()
+            n = offset
+            while not stop.is_set():
+                user = users[n % len(users)]
+                try:
+                    response = session.post(
+                        f'{server.url}/api/{user}/push', json={'message': n},
+                        headers={'X-AUTH-TOKEN': conftest.TOKEN}, timeout=30)
+                    status = response.status_code
+                    found = response.json().get('id') if status == 200 else None
+                except requests.RequestException:
+                    status, found = 'error', None
+                answers.append((time.monotonic(), status, user, found))
+                n += PUSHERS
+
+        pushers = [threading.Thread(target=push, args=(n,)) for n in range(PUSHERS)]
+        for thread in pushers:
+            thread.start()
+        time.sleep(3)
+        killed_at = time.monotonic()
+        primary().process.send_signal(signal.SIGKILL)
+        conftest.wait_for(lambda: any(t > killed_at and s == 200 and t > first_failure(
+            answers, killed_at) for t, s, _, _ in answers), timeout=120,
+            message='pushes to succeed again')
+        time.sleep(3)
+        stop.set()
+        for thread in pushers:
+            thread.join()
+
+        kept = {}
+        for _, status, user, found in answers:
+            if status == 200:
+                kept.setdefault(user, []).append(found)
+        lost_live = made_unconfirmed = 0
+        for user, listener in zip(users, listeners):
+            received = drain(listener, kept.get(user, []))
+            lost_live += len(set(kept.get(user, [])) - received)
+            made_unconfirmed += len(received - set(kept.get(user, [])))
+        lost_history = 0
+        for user in users[ONLINE:]:
+            listener = conftest.Listener(server.url, 'websocket')
+            listeners.append(listener.follow(user, 'tab'))
+            received = drain(listener, kept.get(user, []))
+            lost_history += len(set(kept.get(user, [])) - received)
+            made_unconfirmed += len(received - set(kept.get(user, [])))
+        statuses = [status for _, status, _, _ in answers]
+        failure = first_failure(answers, killed_at)
+        back = min(t for t, s, _, _ in answers if t > failure and s == 200)
+        return {'200': statuses.count(200), '503': statuses.count(503),
+                '504': statuses.count(504),
+                'other': len(statuses) - sum(statuses.count(s) for s in (200, 503, 504)),
+                'outage_s': back - failure, 'lost_live': lost_live,
+                'lost_history': lost_history, 'made_unconfirmed': made_unconfirmed}
+    finally:
+        for listener in listeners:
+            listener.close()
+        server.stop()
+        topology.stop()
+
+
+def first_failure(answers, after):
+    return min((t for t, s, _, _ in answers if t > after and s != 200), default=float('inf'))
+
+
+def drain(listener, expected, quiet=2.0):
+    """Every id the listener got: until all expected came, or nothing came for `quiet` s."""
+    received, wanted = set(), set(expected)
+    while not wanted <= received:
+        try:
+            _, meta = listener.messages.get(timeout=quiet)
+        except Exception:
+            break
+        received.add(meta['id'])
+    while True:   # whatever else is on its way
+        try:
+            received.add(listener.messages.get(timeout=0.5)[1]['id'])
+        except Exception:
+            return received
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--topology', default='sentinel,cluster')
+    parser.add_argument('--rounds', type=int, default=3)
+    args = parser.parse_args()
+    import tempfile
+    rows = {}
+    for kind in args.topology.split(','):
+        for n in range(args.rounds):
+            with tempfile.TemporaryDirectory() as directory:
+                figures = one_round(kind, Path(directory))
+            print(f'{kind} round {n + 1}: {figures}', flush=True)
+            rows.setdefault(kind, []).append(figures)
+    fields = ['200', '503', '504', 'other', 'outage_s', 'lost_live', 'lost_history',
+              'made_unconfirmed']
+    print('\nmedians over', args.rounds, 'rounds')
+    print('| topology | ' + ' | '.join(fields) + ' |')
+    print('|---' * (len(fields) + 1) + '|')
+    for kind, results in rows.items():
+        values = [statistics.median(result[field] for result in results) for field in fields]
+        print(f'| {kind} | ' + ' | '.join(f'{v:.1f}' if isinstance(v, float) else str(v)
+                                          for v in values) + ' |')
+
+
+if __name__ == '__main__':
+    main()
