@@ -4,6 +4,7 @@ setup.cfg caps each of these libraries below its next major, and constraints.txt
 tested set; this module is what to run first on newer releases (`.ci/newest` does). Each
 check names the module of ours that needs it.
 """
+import concurrent.futures
 import http.client
 import inspect
 import re
@@ -269,8 +270,22 @@ def test_the_real_server_runs_every_fast_path(start_server, listeners):
     assert TOKEN not in log
 
 
-def test_the_real_server_on_redis_runs_hiredis(start_server, redis_server):
+def test_the_real_server_on_redis_runs_hiredis_and_pipelined_pushes(
+        start_server, redis_server):
     server = start_server({'REDIS_URL': redis_server.url})
     wait_for(lambda: 'fast paths on: direct' in server.log(), message='the start-up line')
-    assert 'fast push route, orjson, hiredis' in server.log()
+    assert 'fast push route, orjson, hiredis, pipelined pushes' in server.log()
+
+
+def test_concurrent_pushes_share_one_connection_to_redis(start_server, redis_server):
+    # The pipelined pushes at work: 64 pushes at once (each answered with its own id)
+    # open no connection per push; a pooled connection each would be dozens.
+    server = start_server({'REDIS_URL': redis_server.url})
+    assert server.register('u1', 'c1').status_code == 200
+    with redis_server.client() as admin:
+        before = int(admin.info('clients')['connected_clients'])
+        with concurrent.futures.ThreadPoolExecutor(64) as pool:
+            ids = list(pool.map(lambda n: server.pushed('u1', n), range(64)))
+        assert len(set(ids)) == 64
+        assert int(admin.info('clients')['connected_clients']) - before <= 2
     assert 'fast path OFF' not in server.log()

@@ -40,7 +40,7 @@ class RealClock:
 
 @pytest.fixture(scope='module')
 def shared_topologies(tmp_path_factory):
-    """A Redis Cluster and a Sentinel set, started once for this file's tests (lazily)."""
+    """A Redis Cluster and a Sentinel set, started once for a module's tests (lazily)."""
     started = {}
 
     def get(kind):
@@ -55,6 +55,20 @@ def shared_topologies(tmp_path_factory):
         topology.stop()
 
 
+def redis_url(request):
+    """The URL of the test's Redis: its own redis-server, or the shared Cluster or Sentinel
+    set of this file, emptied."""
+    if request.param == 'redis':
+        return request.getfixturevalue('redis_server').url
+    topology = request.getfixturevalue('shared_topologies')(request.param)
+    if request.param == 'cluster':
+        topology.flush()
+    else:
+        with topology.server_on(topology.primary_port()).client() as client:
+            client.flushall()
+    return topology.url
+
+
 @pytest.fixture(params=['memory', 'redis', 'cluster', 'sentinel'])
 def backend(request, tmp_path):
     """Make (state, clock) pairs of one backend, with configuration overrides.
@@ -63,13 +77,6 @@ def backend(request, tmp_path):
     three Sentinels: the same scripts, reached through redisconn's URLs.
     """
     made = []
-    if request.param in ('cluster', 'sentinel'):
-        topology = request.getfixturevalue('shared_topologies')(request.param)
-        if request.param == 'cluster':
-            topology.flush()
-        else:
-            with topology.server_on(topology.primary_port()).client() as client:
-                client.flushall()
 
     def make(**overrides):
         settings = {'registration_ttl': TTL, 'history_size': 5, 'history_ttl': TTL,
@@ -77,9 +84,7 @@ def backend(request, tmp_path):
         if request.param == 'memory':
             clock = FakeClock()
             return MemoryState(Config.for_testing(**settings), clock=clock), clock
-        url = topology.url if request.param in ('cluster', 'sentinel') else \
-            request.getfixturevalue('redis_server').url
-        state = RedisState(Config.for_testing(redis_url=url, **settings))
+        state = RedisState(Config.for_testing(redis_url=redis_url(request), **settings))
         made.append(state)
         return state, RealClock()
 

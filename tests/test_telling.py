@@ -16,13 +16,14 @@ from notification_socketio.state.memory import MemoryState
 from notification_socketio.state.redis import RedisState
 from notification_socketio.webhooks import MemoryOutbox, backoff, sign, verify
 
-from test_state import FakeClock, RealClock, backend  # noqa: F401  (a fixture)
+from test_state import (FakeClock, RealClock, backend,  # noqa: F401  (fixtures)
+                        redis_url, shared_topologies)
 
 URLS = ('http://receiver.test/a', 'http://receiver.test/b')
 GRACE = 0.4
 
 
-@pytest.fixture(params=['memory', 'redis'])
+@pytest.fixture(params=['memory', 'redis', 'cluster', 'sentinel'])
 def telling(request):
     """(state, clock) with webhooks on, OFFLINE_GRACE of GRACE seconds."""
     config = dict(webhook_urls=URLS, webhook_secret='s' * 32, offline_grace=GRACE,
@@ -31,8 +32,7 @@ def telling(request):
         clock = FakeClock()
         yield MemoryState(Config.for_testing(**config), clock=clock), clock
         return
-    redis_server = request.getfixturevalue('redis_server')
-    state = RedisState(Config.for_testing(redis_url=redis_server.url, **config))
+    state = RedisState(Config.for_testing(redis_url=redis_url(request), **config))
     yield state, RealClock()
     state.close()
 

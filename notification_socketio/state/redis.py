@@ -18,11 +18,15 @@ run it, so the caller learns that the outcome is unknown (OutcomeUnknown). Other
 can be repeated safely and are retried once on a broken connection; none waits longer
 than REDIS_TIMEOUT for an answer.
 """
+import collections
 import contextlib
 import functools
 import logging
 import json
 
+import gevent.event
+import gevent.lock
+import gevent.monkey
 import redis
 import redis.cluster
 from redis.backoff import NoBackoff
@@ -417,6 +421,114 @@ return {redis.call('XRANGE', KEYS[1], start, '+'), redis.call('XRANGE', KEYS[2],
 """
 
 
+class PushChannel:
+    """One connection that every push of this process is pipelined on (under gevent).
+
+    A push is written as soon as it is made and its greenlet waits for its own answer;
+    one reader greenlet reads the answers, in the order the pushes were written, while
+    any are awaited. Concurrent pushes share the connection and its round trips instead
+    of taking turns with a pooled connection each (a checkout that polls the socket, a
+    write and a read per push). Nothing is retried: a push whose answer does not come
+    within REDIS_TIMEOUT, or whose connection breaks, is OutcomeUnknown, like every push
+    written on that connection that still waits; the next push opens a new one.
+    """
+
+    class _Line:
+        __slots__ = ('pool', 'connection', 'waiting', 'reader')
+
+        def __init__(self, pool, connection):
+            self.pool = pool
+            self.connection = connection
+            self.waiting = collections.deque()   # an AsyncResult per push written
+            self.reader = None
+
+    def __init__(self, state):
+        self.state = state
+        self.line = None
+        self.sending = gevent.lock.Semaphore()
+
+    def call(self, command, script, keys, args):
+        """EVALSHA/EVAL's answer (or error reply); StateUnavailable (not written) or
+        OutcomeUnknown."""
+        answer = gevent.event.AsyncResult()
+        with self.sending:
+            line = self.line
+            if line is not None and not line.waiting and self._gone(line):
+                # Closed while idle (Redis restarted, say): a push written on it would be
+                # lost unseen and answered as unknown; a new connection knows better.
+                self._close(line)
+                line = None
+            if line is None:
+                pool = self.state._node().connection_pool
+                try:
+                    connection = pool.get_connection()   # checked out for as long as it lives
+                except (redis.RedisError, OSError) as error:
+                    self.state.failures += 1
+                    self.state._learn_layout()
+                    raise StateUnavailable(f'Redis: {error}') from error
+                line = self.line = self._Line(pool, connection)
+            try:
+                line.connection.send_command(command, script, len(keys), *keys, *args,
+                                             check_health=False)
+            except (redis.RedisError, OSError) as error:
+                self._lost(line, error)   # part of it may have gone out: unknown
+                raise OutcomeUnknown(f'Redis: {error}') from error
+            line.waiting.append(answer)
+            if line.reader is None:
+                line.reader = gevent.spawn(self._read, line)
+        return answer.get()
+
+    @staticmethod
+    def _gone(line):
+        """True if an idle line has something to read: the server closed it."""
+        try:
+            return line.connection.can_read()
+        except (redis.RedisError, OSError):
+            return True
+
+    def _read(self, line):
+        try:
+            while line.waiting:
+                try:
+                    reply = line.connection.read_response()
+                except redis.ResponseError as error:   # this push's own error reply
+                    reply = error
+                except (redis.RedisError, OSError) as error:
+                    self._lost(line, error)
+                    return
+                answer = line.waiting.popleft()
+                if isinstance(reply, Exception):
+                    answer.set_exception(reply)
+                else:
+                    answer.set(reply)
+        finally:
+            line.reader = None
+
+    def _lost(self, line, error):
+        """The line broke or timed out: every push still waiting on it is unknown."""
+        self._close(line)
+        self.state.failures += 1
+        failure = (StateUnavailable if str(error) == DEMOTED or isinstance(error, _NOT_RUN)
+                   else OutcomeUnknown)(f'Redis: {error}')
+        while line.waiting:
+            line.waiting.popleft().set_exception(failure)
+        self.state._learn_layout()
+
+    def _close(self, line):
+        """Disconnect a line and give its connection back to the pool, once."""
+        if self.line is line:
+            self.line = None
+        pool, line.pool = line.pool, None
+        if pool is not None:
+            line.connection.disconnect()
+            pool.release(line.connection)
+
+    def reset(self):
+        """Open a new connection for the next push (this one reaches the wrong server)."""
+        if self.line is not None:
+            self._close(self.line)
+
+
 def _unavailable_on_error(method):
     """Turn a Redis failure into StateUnavailable: the caller answers 503 and may retry."""
     @functools.wraps(method)
@@ -516,6 +628,9 @@ class RedisState(State):
             ('fallback', _FALLBACK), ('presence', _PRESENCE), ('status', _STATUS),
             ('take', _TAKE))}
         self.outbox = RedisOutbox(self)
+        #: Pushes pipelined on one connection: only under gevent, as the server runs.
+        self.pushes = PushChannel(self) if gevent.monkey.is_module_patched('socket') \
+            else None
 
     def _registration_keys(self, user_id, connection_id):
         return [self.keys.registration(user_id, connection_id), *self.keys.indexes(user_id)]
@@ -537,6 +652,18 @@ class RedisState(State):
         refused it: a replica since a failover, a Cluster slot that moved); OutcomeUnknown
         if it was sent and no answer came.
         """
+        script = self._scripts[name]
+        if self.pushes is not None:
+            try:
+                try:
+                    return self.pushes.call('EVALSHA', script.sha, keys, args)
+                except redis.exceptions.NoScriptError:
+                    return self.pushes.call('EVAL', script.script, keys, args)
+            except _NOT_RUN as error:
+                self.pushes.reset()
+                self.failures += 1
+                self._learn_layout()
+                raise StateUnavailable(f'Redis: {error}') from error
         pool = self._node().connection_pool
         try:
             connection = pool.get_connection()   # connected, or it raises
@@ -544,7 +671,6 @@ class RedisState(State):
             self.failures += 1
             self._learn_layout()
             raise StateUnavailable(f'Redis: {error}') from error
-        script = self._scripts[name]
         try:
             try:
                 connection.send_command('EVALSHA', script.sha, len(keys), *keys, *args)
@@ -716,15 +842,25 @@ class RedisState(State):
                 for (ms, seq), message in sorted(entries, key=lambda pair: pair[0])]
 
     def fast_paths(self):
-        """['hiredis'] when redis-py reads and writes Redis's protocol with it (in C)."""
+        """'hiredis' when redis-py reads and writes Redis's protocol with it (in C), and
+        'pipelined pushes' when pushes share one connection (under gevent)."""
+        found = []
         connection = self._node().connection_pool.make_connection()
         if type(connection._parser).__name__ == '_HiredisParser':
-            return ['hiredis']
-        log.warning('fast path OFF: hiredis (redis-py parses Redis\'s answers in Python: '
-                    'pip install hiredis)')
-        return []
+            found.append('hiredis')
+        else:
+            log.warning('fast path OFF: hiredis (redis-py parses Redis\'s answers in '
+                        'Python: pip install hiredis)')
+        if self.pushes is not None:
+            found.append('pipelined pushes')
+        else:
+            log.warning('fast path OFF: pipelined pushes (gevent has not patched socket: '
+                        'each push takes a pooled connection)')
+        return found
 
     def close(self):
+        if self.pushes is not None:
+            self.pushes.reset()
         self.redis.close()
 
 
