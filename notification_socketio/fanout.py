@@ -68,7 +68,9 @@ class RedisDeliveryManager(DeliveryManager, socketio.RedisManager):
                     elif message['type'] == 'subscribe' and message['data'] == 2:
                         # Both channels: Redis now sends everything published from here on.
                         delay = 0.1
-                        log.info('listening on the message queue')
+                        where = pubsub.connection_pool.connection_kwargs
+                        log.info('listening on the message queue (%s:%s)',
+                                 where.get('host'), where.get('port'))
                         self.resync()
             except (redis.RedisError, OSError) as error:
                 log.warning('message queue lost (%s); retrying in %.1fs', error, delay)
