@@ -1,7 +1,7 @@
 """The benchmark: notification-socketio against its Node.js peer, scenario by scenario.
 
     python bench/run.py [--rounds 3] [--scenarios S1,S2,S3,S4,S5,BATCH,SCALE] [--webhook]
-    python bench/run.py --redis [--scenarios S1,S2,BATCH]
+    python bench/run.py --redis [--scenarios S1,S2,BATCH] [--processes 2]
     python bench/run.py --scenarios POLL
 
 Each server (ours: the real `gunicorn wsgi:app`; the peer: `node bench/peer/server.js`) is
@@ -12,7 +12,10 @@ gives the median of each figure and the ratio ours/peer. Needs `npm install` in 
 WEBHOOK_URL set, to a receiver in this process that answers 204 (presence events flow).
 `--redis` starts a redis-server on a free port and gives both servers REDIS_URL: ours
 keeps its state there and fans out through it; the peer runs Socket.IO's official Redis
-adapter (@socket.io/redis-adapter) with a room per user.
+adapter (@socket.io/redis-adapter) with a room per user. `--processes 2` runs two
+processes of ours on that Redis behind nginx (deploy/nginx.conf, see `Balanced`); the
+peer is left out, since the original keeps each registration in the process that took it
+and refuses a socket that the balancer sends to another.
 
 SCALE runs once per size (`--scale-sizes`, default 1000,5000,20000): that many registered
 idle WebSockets in one process, then memory per session, how fast they opened (the
@@ -35,6 +38,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -127,6 +131,52 @@ class Server:
             self.process.wait()
 
 
+class Balanced:
+    """`processes` servers of one kind behind nginx: deploy/nginx.conf, with one change.
+
+    The generator's connections all come from 127.0.0.1, so `ip_hash` would send every one
+    to the same process; here each TCP connection is hashed instead (`hash $remote_addr
+    $remote_port consistent`): a WebSocket stays on its process, and the users' sessions
+    and the pushes spread over all of them. nginx runs on the servers' core.
+    """
+
+    def __init__(self, kind, env, processes):
+        sys.path.insert(0, str(ROOT / 'tests'))
+        from test_scaleout import NGINX_MAIN   # the suite's nginx main configuration
+        binary = shutil.which('nginx') or '/usr/sbin/nginx'
+        if not os.path.exists(binary):
+            sys.exit('bench: --processes needs nginx (apt-get install nginx)')
+        self.servers = [Server(kind, env=env) for _ in range(processes)]
+        self.port = free_port()
+        self.url = f'http://127.0.0.1:{self.port}'
+        self.directory = Path(tempfile.mkdtemp(prefix='bench-nginx-'))
+        site = (ROOT / 'deploy' / 'nginx.conf').read_text()
+        upstream = ''.join(f'    server 127.0.0.1:{server.port};\n' for server in self.servers)
+        site = (site.replace('    server 127.0.0.1:3001;\n    server 127.0.0.1:3002;\n', upstream)
+                    .replace('ip_hash;', 'hash $remote_addr$remote_port consistent;')
+                    .replace('listen 8080;', f'listen 127.0.0.1:{self.port};'))
+        (self.directory / 'site.conf').write_text(site)
+        (self.directory / 'nginx.conf').write_text(
+            'worker_rlimit_nofile 20000;\n' + NGINX_MAIN.format(prefix=self.directory).replace(
+                'worker_connections 1024', 'worker_connections 10000'))
+        self.nginx = subprocess.Popen(
+            ['taskset', '-c', SERVER_CORE, binary, '-p', str(self.directory), '-c',
+             str(self.directory / 'nginx.conf'), '-g', 'daemon off;'],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 15
+        while not Server._answers(self):
+            if time.monotonic() > deadline or self.nginx.poll() is not None:
+                raise RuntimeError('nginx did not start')
+            time.sleep(0.1)
+
+    def stop(self):
+        self.nginx.terminate()
+        self.nginx.wait(timeout=10)
+        for server in self.servers:
+            server.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
 class _Accept(http.server.BaseHTTPRequestHandler):
     """A webhook receiver that reads each call and answers 204."""
 
@@ -175,13 +225,17 @@ def _peer_env(env):
     return {'REDIS_URL': env['REDIS_URL']} if env and 'REDIS_URL' in env else None
 
 
+PROCESSES = 1   # --processes: servers of each kind behind nginx (with --redis)
+
+
 def fresh_server(kind, env=None):
     """A server of `kind` for one scenario: ours with `env`, the peer with its Redis only,
-    on an emptied Redis when there is one."""
+    on an emptied Redis when there is one; PROCESSES of them behind nginx if more than one."""
     if env and 'REDIS_URL' in env:
         port = env['REDIS_URL'].rsplit(':', 1)[1].split('/')[0]
         subprocess.run(['redis-cli', '-p', port, 'flushall'], capture_output=True)
-    return Server(kind, env=env if kind == 'ours' else _peer_env(env))
+    env = env if kind == 'ours' else _peer_env(env)
+    return Balanced(kind, env, PROCESSES) if PROCESSES > 1 else Server(kind, env=env)
 
 
 def load_command(scenario, server, **options):
@@ -406,7 +460,13 @@ def main():
                         help='ours with WEBHOOK_URL set (a local receiver)')
     parser.add_argument('--redis', action='store_true',
                         help='both servers on a redis-server of the run (REDIS rows)')
+    parser.add_argument('--processes', type=int, default=1,
+                        help='with --redis: that many processes of ours behind nginx')
     args = parser.parse_args()
+    if args.processes > 1 and not args.redis:
+        parser.error('--processes needs --redis: processes share their state through it')
+    global PROCESSES
+    PROCESSES = args.processes
     env = start_receiver() if args.webhook else None
     if args.redis:
         if args.scenarios == parser.get_default('scenarios'):
@@ -425,6 +485,9 @@ def main():
             for kind in ('ours', 'peer'):
                 if name == 'BATCH' and kind == 'peer':
                     continue   # the original has no batch route
+                if PROCESSES > 1 and kind == 'peer':
+                    continue   # the original keeps registrations in the process that took
+                    # them: a socket balanced to another process is refused
                 figures = run_scenario(name, kind, env)
                 results.setdefault((name, kind), []).append(figures)
                 print(f'round {round_} {name:5} {kind:4} {summary(figures)}', flush=True)
@@ -432,7 +495,9 @@ def main():
     poll_results = {kind: run_poll(kind, env) for kind in ('ours', 'peer')} if poll else None
     print()
     if args.redis:
-        print('with REDIS_URL: ours on Redis, the peer on @socket.io/redis-adapter')
+        print('with REDIS_URL: ours on Redis, the peer on @socket.io/redis-adapter' + (
+            f'; {PROCESSES} processes of ours behind nginx, no peer' if PROCESSES > 1
+            else ''))
     if args.webhook:
         print(f'webhook calls received: {_Accept.calls}')
     if names:
