@@ -15,6 +15,7 @@ before any newer message reaches them.
 import logging
 import time
 
+import gevent
 import redis
 import socketio
 
@@ -24,6 +25,38 @@ from .state.redis import decode_published
 
 log = logging.getLogger(__name__)
 _MAX_RETRY_DELAY = 2.0
+#: A subscription that carried nothing for this long is sent a PING...
+_QUIET = 5.0
+#: ...whose PONG must come within this long, or its connection is dropped and made again.
+_PONG_WAIT = 3.0
+
+
+def _watch(pubsub, heard):
+    """Drop a subscription's connection once it is open but silent; runs beside the reader.
+
+    A connection can stay open while nothing comes through it (a middlebox that dropped
+    one direction), and redis-py would read from it forever. `heard` is the reader's
+    count of messages: after `_QUIET` seconds without one, a PING goes out on the
+    subscription (Redis answers it there); no answer within `_PONG_WAIT`, and the
+    connection is dropped. redis-py then reconnects and subscribes again, or the reader
+    fails; either way `_listen` sees the subscription start again and catches up.
+    """
+    seen, quiet_since = heard[0], time.monotonic()
+    while True:
+        gevent.sleep(1.0)
+        if heard[0] != seen:
+            seen, quiet_since = heard[0], time.monotonic()
+        elif time.monotonic() - quiet_since > _QUIET:
+            try:
+                pubsub.ping()
+            except (redis.RedisError, OSError):
+                pass   # then no PONG comes either
+            gevent.sleep(_PONG_WAIT)
+            if heard[0] == seen:
+                log.warning('message queue silent: no PONG within %.0fs; reconnecting',
+                            _PONG_WAIT)
+                pubsub.connection.disconnect()
+            seen, quiet_since = heard[0], time.monotonic()
 
 
 class RedisDeliveryManager(DeliveryManager, socketio.RedisManager):
@@ -54,12 +87,15 @@ class RedisDeliveryManager(DeliveryManager, socketio.RedisManager):
         ours = self.messages_channel.encode()
         delay = 0.1
         while True:
-            client = pubsub = None
+            client = pubsub = watchdog = None
+            heard = [0]   # messages read, for the watchdog
             try:
                 client = redisconn.connect(self.redis_url, **self.redis_options)
                 pubsub = redisconn.subscriber(client, self.state.keys.last_id).pubsub()
                 pubsub.subscribe(self.channel, self.messages_channel)
+                watchdog = gevent.spawn(_watch, pubsub, heard)
                 for message in pubsub.listen():
+                    heard[0] += 1
                     if message['type'] == 'message':
                         if message['channel'] == ours:
                             self.deliver(*decode_published(message['data']))
@@ -75,6 +111,8 @@ class RedisDeliveryManager(DeliveryManager, socketio.RedisManager):
             except (redis.RedisError, OSError) as error:
                 log.warning('message queue lost (%s); retrying in %.1fs', error, delay)
             finally:
+                if watchdog is not None:
+                    watchdog.kill(block=False)
                 for opened in (pubsub, client):
                     if opened is not None:
                         opened.close()

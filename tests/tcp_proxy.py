@@ -70,6 +70,8 @@ class TcpProxy:
                 data = b''
             if not data:
                 break
+            if source == 'client' and b'SUBSCRIBE' in data.upper():
+                pair['subscriber'] = True
             if pair['blackholed'] or (pair['muted'] and source == 'upstream'):
                 continue   # swallowed: the sender never learns
             try:
@@ -107,6 +109,14 @@ class TcpProxy:
             self.muted = True
             for pair in self.pairs:
                 pair['muted'] = True
+
+    def mute_subscribers(self):
+        """Swallow the answers on the connections that subscribed (pub/sub), only: they
+        stay open and silent while the other connections work."""
+        with self.lock:
+            for pair in self.pairs:
+                if pair.get('subscriber'):
+                    pair['muted'] = True
 
     def restore(self):
         """Let new connections through again; the black-holed ones stay dead and are reset."""

@@ -248,3 +248,20 @@ def test_the_nginx_example_balances_processes(nginx, cluster, listeners, user, t
 def test_readme_shows_the_nginx_example_as_shipped():
     readme = (ROOT / 'README.md').read_text()
     assert (ROOT / 'deploy' / 'nginx.conf').read_text().strip() in readme
+
+
+def test_a_subscription_that_goes_silent_is_noticed_and_the_socket_catches_up(
+        redis_server, proxies, start_server, listeners, user):
+    # The subscriber's connection stays open but Redis's side of it is dropped (a
+    # middlebox losing one direction): no error, no data. The process must notice
+    # within seconds, subscribe again and replay what the socket missed.
+    proxy = proxies(redis_server.port)
+    server = start_server(env={'REDIS_URL': f'redis://127.0.0.1:{proxy.port}/0'})
+    assert server.register(user, 'tab').status_code == 200
+    tab = listeners(server.url, 'websocket').follow(user, 'tab')
+    first = server.pushed(user, 'before')
+    assert tab.until_received([first]) == [first]
+    proxy.mute_subscribers()
+    missed = server.pushed(user, 'while the subscription is silent')
+    assert tab.until_received([missed], timeout=30) == [missed]
+    wait_for(lambda: 'message queue lost' in server.log(), message='the loss to be logged')
