@@ -8,9 +8,9 @@ included, delivers it to its sockets. python-socketio's channel carries the rest
 Both channels are read on one subscription, through `_listen`, the override point of
 python-socketio's pub/sub managers; python-socketio's messages are published through
 `_publish`, its other one, on the state's client. So every URL the state reads (one
-server, Sentinel, Cluster: redisconn.py) works for both. Each time the subscription is (re)established, local
-sockets catch up with whatever was published while this process was not listening,
-before any newer message reaches them.
+server, Sentinel, Cluster: redisconn.py) works for both. Each time the subscription is
+(re)established, local sockets catch up with whatever was published while this process
+was not listening, before any newer message reaches them.
 """
 import logging
 import time

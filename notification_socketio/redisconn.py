@@ -26,7 +26,8 @@ def kind(url):
     """'server', 'sentinel' or 'cluster'; ValueError for anything else."""
     scheme = urlsplit(url).scheme.lower()
     if scheme not in SCHEMES:
-        raise ValueError(f'REDIS_URL must start with one of {", ".join(s + "://" for s in SCHEMES)}')
+        schemes = ', '.join(name + '://' for name in SCHEMES)
+        raise ValueError(f'REDIS_URL must start with one of {schemes}')
     return scheme.partition('+')[2] or 'server'
 
 

@@ -49,6 +49,15 @@ _NOT_RUN = (redis.ReadOnlyError, redis.exceptions.AskError, redis.exceptions.Try
             redis.exceptions.ClusterDownError)
 #: What redis-py's Sentinel connection raises instead of READONLY (tests/test_contract.py).
 DEMOTED = 'The previous master is now a slave'
+
+
+def _failure(error, maybe_made=True):
+    """What a failed push is to its caller: StateUnavailable if Redis cannot have run it
+    (`maybe_made` false, or refused by a server that is no longer the primary), else
+    OutcomeUnknown."""
+    refused = isinstance(error, _NOT_RUN) or str(error) == DEMOTED
+    return (OutcomeUnknown if maybe_made and not refused else StateUnavailable)(
+        f'Redis: {error}')
       # a due presence check or fallback taken by one process, for this long
 
 _NOW_MS = """
@@ -463,9 +472,8 @@ class PushChannel:
                 try:
                     connection = pool.get_connection()   # checked out for as long as it lives
                 except (redis.RedisError, OSError) as error:
-                    self.state.failures += 1
-                    self.state._learn_layout()
-                    raise StateUnavailable(f'Redis: {error}') from error
+                    self.state._failed()
+                    raise _failure(error, maybe_made=False) from error
                 line = self.line = self._Line(pool, connection)
             try:
                 line.connection.send_command(command, script, len(keys), *keys, *args,
@@ -507,12 +515,10 @@ class PushChannel:
     def _lost(self, line, error):
         """The line broke or timed out: every push still waiting on it is unknown."""
         self._close(line)
-        self.state.failures += 1
-        failure = (StateUnavailable if str(error) == DEMOTED or isinstance(error, _NOT_RUN)
-                   else OutcomeUnknown)(f'Redis: {error}')
+        failure = _failure(error)
         while line.waiting:
             line.waiting.popleft().set_exception(failure)
-        self.state._learn_layout()
+        self.state._failed()
 
     def _close(self, line):
         """Disconnect a line and give its connection back to the pool, once."""
@@ -661,16 +667,14 @@ class RedisState(State):
                     return self.pushes.call('EVAL', script.script, keys, args)
             except _NOT_RUN as error:
                 self.pushes.reset()
-                self.failures += 1
-                self._learn_layout()
-                raise StateUnavailable(f'Redis: {error}') from error
+                self._failed()
+                raise _failure(error) from error
         pool = self._node().connection_pool
         try:
             connection = pool.get_connection()   # connected, or it raises
         except redis.RedisError as error:
-            self.failures += 1
-            self._learn_layout()
-            raise StateUnavailable(f'Redis: {error}') from error
+            self._failed()
+            raise _failure(error, maybe_made=False) from error
         try:
             try:
                 connection.send_command('EVALSHA', script.sha, len(keys), *keys, *args)
@@ -678,30 +682,21 @@ class RedisState(State):
             except redis.exceptions.NoScriptError:
                 connection.send_command('EVAL', script.script, len(keys), *keys, *args)
                 return connection.read_response()
-        except _NOT_RUN as error:
-            self._not_run(connection, error)
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+        except (*_NOT_RUN, redis.ConnectionError, redis.TimeoutError, OSError) as error:
             connection.disconnect()
-            if str(error) == DEMOTED:
-                self._not_run(connection, error)
-            self.failures += 1
-            self._learn_layout()
-            raise OutcomeUnknown(f'Redis: {error}') from error
+            self._failed()
+            raise _failure(error) from error
         finally:
             pool.release(connection)
 
-    def _not_run(self, connection, error):
-        connection.disconnect()
-        self.failures += 1
-        self._learn_layout()
-        raise StateUnavailable(f'Redis: {error}') from error
-
-    def _learn_layout(self):
-        """On a Cluster, after a failure: let the cluster client find who serves the slot now.
+    def _failed(self):
+        """A push failed: count it and, on a Cluster, let the cluster client find who
+        serves the slot now.
 
         A command through it meets the same failure (or a MOVED) and refreshes its map of
         the slots, as it does for its own commands; the next script goes to the new node.
         """
+        self.failures += 1
         if self.cluster:
             with contextlib.suppress(redis.RedisError):
                 self.redis.exists(self.keys.last_id)
