@@ -78,9 +78,8 @@ def one_round(kind, directory):
         time.sleep(3)
         killed_at = time.monotonic()
         primary().process.send_signal(signal.SIGKILL)
-        conftest.wait_for(lambda: any(t > killed_at and s == 200 and t > first_failure(
-            answers, killed_at) for t, s, _, _ in answers), timeout=120,
-            message='pushes to succeed again')
+        conftest.wait_for(lambda: back_after(answers, first_failure(answers, killed_at)),
+                          timeout=120, message='pushes to succeed again')
         time.sleep(3)
         stop.set()
         for thread in pushers:
@@ -90,26 +89,24 @@ def one_round(kind, directory):
         for _, status, user, found in answers:
             if status == 200:
                 kept.setdefault(user, []).append(found)
-        lost_live = made_unconfirmed = 0
-        for user, listener in zip(users, listeners):
-            received = drain(listener, kept.get(user, []))
-            lost_live += len(set(kept.get(user, [])) - received)
-            made_unconfirmed += len(received - set(kept.get(user, [])))
-        lost_history = 0
-        for user in users[ONLINE:]:
-            listener = conftest.Listener(server.url, 'websocket')
-            listeners.append(listener.follow(user, 'tab'))
-            received = drain(listener, kept.get(user, []))
-            lost_history += len(set(kept.get(user, [])) - received)
-            made_unconfirmed += len(received - set(kept.get(user, [])))
+        lost = {'live': 0, 'history': 0}
+        made_unconfirmed = 0
+        for n, user in enumerate(users):
+            if n >= ONLINE:   # away until now: what it gets is the history's replay
+                listener = conftest.Listener(server.url, 'websocket')
+                listeners.append(listener.follow(user, 'tab'))
+            expected = set(kept.get(user, []))
+            received = drain(listeners[n], expected)
+            lost['live' if n < ONLINE else 'history'] += len(expected - received)
+            made_unconfirmed += len(received - expected)
         statuses = [status for _, status, _, _ in answers]
         failure = first_failure(answers, killed_at)
-        back = min(t for t, s, _, _ in answers if t > failure and s == 200)
+        back = back_after(answers, failure)
         return {'200': statuses.count(200), '503': statuses.count(503),
                 '504': statuses.count(504),
                 'other': len(statuses) - sum(statuses.count(s) for s in (200, 503, 504)),
-                'outage_s': back - failure, 'lost_live': lost_live,
-                'lost_history': lost_history, 'made_unconfirmed': made_unconfirmed}
+                'outage_s': back - failure, 'lost_live': lost['live'],
+                'lost_history': lost['history'], 'made_unconfirmed': made_unconfirmed}
     finally:
         for listener in listeners:
             listener.close()
@@ -119,6 +116,11 @@ def one_round(kind, directory):
 
 def first_failure(answers, after):
     return min((t for t, s, _, _ in answers if t > after and s != 200), default=float('inf'))
+
+
+def back_after(answers, failure):
+    """When a push first succeeded after `failure` (None: not yet)."""
+    return min((t for t, s, _, _ in answers if t > failure and s == 200), default=None)
 
 
 def drain(listener, expected, quiet=2.0):

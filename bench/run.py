@@ -164,10 +164,12 @@ class Balanced:
              str(self.directory / 'nginx.conf'), '-g', 'daemon off;'],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 15
-        while not Server._answers(self):
+        while not self._answers():
             if time.monotonic() > deadline or self.nginx.poll() is not None:
                 raise RuntimeError('nginx did not start')
             time.sleep(0.1)
+
+    _answers = Server._answers   # nginx answers /api/status/ping for the servers
 
     def stop(self):
         self.nginx.terminate()
