@@ -40,7 +40,11 @@ def test_a_user_id_cannot_forge_a_line_in_the_real_server_log(start_server):
                             '/register', params={'connectionId': 'tab'},
                             headers={'X-AUTH-TOKEN': TOKEN}, timeout=10)
     assert response.status_code == 200
-    wait_for(lambda: 'gunicorn.access' in server.log(), message='the access line')
+    # This request's own access line: the start-up ping's comes first, and gunicorn
+    # writes a request's line only after the response has gone out.
+    wait_for(lambda: any('gunicorn.access' in line and 'register' in line
+                         for line in server.log().splitlines()),
+             message='the access line of the registration')
     lines = server.log().splitlines()
     assert not [line for line in lines if line.startswith('2026-01-01')]
     escaped = [line for line in lines if '\\n2026-01-01' in line]
