@@ -52,11 +52,12 @@ def on_starting(server):
 def post_worker_init(worker):
     """On SIGTERM, close every Socket.IO connection so that the worker drains quickly."""
     from notification_socketio.shutdown import install_drain
-    from notification_socketio.worker import Handler
+    from notification_socketio.worker import Handler, Server
     install_drain(worker)
     _use_every_file_descriptor(worker)
-    if worker.wsgi_handler is Handler:
-        worker.log.info('fast paths on: gunicorn handler without per-request log formatting')
+    if worker.wsgi_handler is Handler and worker.server_class is Server:
+        worker.log.info('fast paths on: gunicorn handler without per-request log formatting, '
+                        'idle WebSockets read by the event loop')
     else:
         worker.log.warning('fast path OFF: the worker runs %s, not the server\'s handler '
                            '(-k notification_socketio.worker.Worker)',

@@ -84,6 +84,11 @@ class _LiveValues:
                                    'WebSockets written directly, without a writer greenlet')
         direct.add_metric([], sum(getattr(socket, 'conn', None) is not None
                                   for socket in list(eio_sockets.values())))
+        parked = GaugeMetricFamily('nsio_websockets_parked',
+                                   'WebSockets read from the event loop, without a reader '
+                                   'greenlet')
+        parked.add_metric([], sum(getattr(socket, 'frames', None) is not None
+                                  for socket in list(eio_sockets.values())))
         held = GaugeMetricFamily('nsio_registrations_held',
                                  'Registrations held by a socket of this process')
         held.add_metric([], len(delivery.holders))
@@ -98,7 +103,7 @@ class _LiveValues:
                                   'with a socket here; none left behind)')
         rooms.add_metric([], sum(1 for room in self.server.socketio.server.manager.rooms.get(
             '/', {}) if isinstance(room, str) and room.startswith('user:')))
-        found = [sockets, legacy, direct, held, users, errors, rooms]
+        found = [sockets, legacy, direct, parked, held, users, errors, rooms]
         if self.server.webhooks is not None:
             queued = self.server.webhooks.queued()
             if queued is not None:

@@ -10,6 +10,12 @@ kernel's buffer is full does a flusher greenlet start, and bytes wait behind it 
 PINGs come from a timer on the event loop. Everything else (polling, the upgrade, the
 heartbeat, closing) is python-engineio's own.
 
+Reading is not a greenlet's either: once the session is on WebSocket, the request's
+greenlet hands the connection over (worker.Handler.detach) and ends. A read watcher on
+the event loop wakes a short-lived greenlet when the client sends something, and wsproto
+decodes the frames however the network cut them. An idle session holds no greenlet
+stack, no pywsgi handler and no read buffer: a third of the memory it took before.
+
 Order is kept: a frame is written directly only when nothing waits before it, so
 messages, PINGs and closes leave in the order they were sent, which the delivery
 acknowledgement (below) relies on.
@@ -24,17 +30,24 @@ past MAX_SOCKET_BUFFER_BYTES waiting for it (behind the flusher on WebSocket, in
 queue on long-polling), its transport is dropped. The official client then reconnects,
 and its registration replays what it missed from the history.
 """
+import contextlib
+import io
 import logging
 import socket as _socket
 import struct
 import time
 
 import gevent
+import wsproto
+from wsproto import events as wsproto_events
+from wsproto import utilities as wsproto_errors
 from engineio import exceptions
 from engineio import packet as eio_packet
 from engineio import socket as eio_socket
 
 _CLOSE_FRAME = b'\x88\x02\x03\xe8'   # WebSocket close, status 1000
+_NO_BODY = io.BytesIO(b'')   # a finished request's wsgi.input
+WS_READ_SIZE = 65536   # what one wake-up of a parked WebSocket reads at most
 log = logging.getLogger(__name__)
 
 
@@ -172,6 +185,10 @@ class DirectSocket(eio_socket.Socket):
     ping_again = False   # PING again as soon as the PING under way is answered
     queued_bytes = 0     # on long-polling: what waits in the queue
     overflowed = False
+    frames = None        # once parked: wsproto's state of the client's frames
+    watcher = None       # once parked: the event loop's read watcher on `conn`
+    message_parts = None  # the parts of a message still arriving, once parked
+    message_size = 0
 
     def send(self, pkt):
         """Send a packet to the client (never blocks)."""
@@ -408,7 +425,7 @@ class DirectSocket(eio_socket.Socket):
             _fast_path_off('direct WebSocket writes', f'no gevent-websocket connection '
                                                       f'behind {type(ws).__name__}')
             return super()._websocket_handler(ws)
-        conn = conn.socket
+        handler, conn = conn, conn.socket
 
         def websocket_wait():
             data = ws.wait()
@@ -448,6 +465,19 @@ class DirectSocket(eio_socket.Socket):
             if self.backlog is None:
                 self._shutdown()
 
+        detach = getattr(handler, 'detach', None)
+        taken = detach() if detach is not None and not self.closed else None
+        if taken is not None:
+            # python-socketio keeps this environ for the session's life (its copy, made by
+            # Flask-SocketIO's middleware, that gevent-websocket's clean-up does not see):
+            # without its WebSocket and request body, the handler and its read buffer go.
+            ws.environ['wsgi.websocket'] = None
+            ws.environ['wsgi.input'] = _NO_BODY
+            self._park(*taken)
+            return []
+        if not self.closed:
+            _fast_path_off('idle WebSockets without a greenlet',
+                           f'{type(handler).__name__} cannot hand its connection over')
         while not self.closed:
             try:
                 p = websocket_wait()
@@ -455,21 +485,104 @@ class DirectSocket(eio_socket.Socket):
                 break
             if p is None:
                 break
-            try:
-                self.receive(eio_packet.Packet(encoded_packet=p))
-            except _MALFORMED as error:   # not an Engine.IO packet
-                malformed(self, error)
-                break
-            except exceptions.UnknownPacketError:
-                pass
-            except exceptions.SocketIsClosedError:
-                break
-            except Exception:
-                self.server.logger.exception('Unknown receive error')
+            if not self._dispatch(p):
                 break
 
         self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
         return []
+
+    def _dispatch(self, p):
+        """A message from the client; False when the socket must end."""
+        try:
+            self.receive(eio_packet.Packet(encoded_packet=p))
+        except _MALFORMED as error:   # not an Engine.IO packet
+            malformed(self, error)
+            return False
+        except exceptions.UnknownPacketError:
+            pass
+        except exceptions.SocketIsClosedError:
+            return False
+        except Exception:
+            self.server.logger.exception('Unknown receive error')
+            return False
+        return True
+
+    def _park(self, conn, already_read):
+        """Read the WebSocket from the event loop: a quiet client costs no greenlet.
+
+        A read watcher on the connection wakes a short-lived greenlet when the client has
+        sent something; wsproto decodes the frames, however they were cut, and keeps the
+        part of one still arriving.
+        """
+        self.frames = wsproto.Connection(wsproto.ConnectionType.SERVER)
+        self.watcher = gevent.get_hub().loop.io(conn.fileno(), 1)
+        alive = self._take(already_read) if already_read else not self.closed
+        if alive:
+            self.watcher.start(self._wake)
+        else:
+            self._end()
+
+    def _wake(self):
+        # In the event loop: nothing here may wait. The watcher stays off while a greenlet
+        # reads, so that frames are handled one greenlet at a time, in order.
+        self.watcher.stop()
+        gevent.spawn(self._read)
+
+    def _read(self):
+        try:
+            data = self.conn.recv(WS_READ_SIZE)
+            alive = bool(data) and self._take(data)
+        except OSError:
+            alive = False
+        except Exception:   # never leave the connection without a reader
+            log.exception('socket %s: reading its WebSocket failed', self.sid[:4] + '***')
+            alive = False
+        if alive:
+            self.watcher.start(self._wake)
+        else:
+            self._end()
+
+    def _take(self, data):
+        """Handle what the client sent; False when the socket must end."""
+        frames = self.frames
+        frames.receive_data(data)
+        for event in frames.events():
+            if isinstance(event, (wsproto_events.TextMessage, wsproto_events.BytesMessage)):
+                parts = self.message_parts
+                if parts is None and event.message_finished:
+                    p = event.data   # the usual case: a message in one piece
+                else:   # in pieces: the attributes are set only then (an idle socket's
+                    if parts is None:   # dict stays small)
+                        parts = self.message_parts = []
+                        self.message_size = 0
+                    parts.append(event.data)
+                    self.message_size += len(event.data)
+                    if self.message_size > self.server.max_http_buffer_size:
+                        return False
+                    if not event.message_finished:
+                        continue
+                    self.message_parts = None
+                    p = parts[0][:0].join(parts)
+                if len(p) > self.server.max_http_buffer_size:
+                    return False   # as python-engineio: the connection is dropped
+                if not self._dispatch(p) or self.closed:
+                    return False
+            elif isinstance(event, wsproto_events.Ping):
+                self._write(frames.send(event.response()))
+            elif isinstance(event, wsproto_events.CloseConnection):
+                # The client closes, or its bytes broke the protocol (the code says which).
+                with contextlib.suppress(wsproto_errors.LocalProtocolError):
+                    self._write(frames.send(event.response()))
+                return False
+        return not self.closed
+
+    def _end(self):
+        """The connection is over: close the socket, the watcher and the connection."""
+        self.watcher.close()
+        self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+        self.conn.close()
+        if self.server.sockets.get(self.sid) is self:
+            del self.server.sockets[self.sid]
 
     def _drain_queue(self):
         """Write the packets queued before the switch to direct writes.

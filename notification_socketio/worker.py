@@ -10,9 +10,10 @@ import socket
 import weakref
 from urllib.parse import parse_qs
 
+import gevent
 from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
 from geventwebsocket.handler import WebSocketHandler
-from gunicorn.workers.ggevent import PyWSGIHandler
+from gunicorn.workers.ggevent import PyWSGIHandler, PyWSGIServer
 
 from .engineio_front import ENGINEIO_PATH
 
@@ -155,6 +156,70 @@ class Handler(WebSocketHandler, PyWSGIHandler):
         if '101' not in str(self.status):
             PyWSGIHandler.log_request(self)
 
+    def detach(self):
+        """Give this WebSocket's connection to its session, which reads it from the loop.
+
+        Returns the socket and the bytes already read from it past what the WebSocket
+        consumed (the read buffer's), or None where the server is not ours. The request's
+        greenlet then ends without closing the connection or sending a close frame
+        (pywsgi leaves alone a handler whose `socket` is None, and `Server.do_close` a
+        detached socket), so that an idle session keeps no greenlet stack, no handler
+        and no read buffer (transport.py reads it from then on).
+        """
+        if not isinstance(self.server, Server):
+            return None
+        sock, rfile = self.socket, self.rfile
+        timeout = sock.timeout
+        read = []
+        sock.settimeout(0.0)   # what the buffer holds, and what the kernel has: no wait
+        try:
+            while chunk := rfile.read1(READ_BUFFER):
+                read.append(chunk)
+        except OSError:
+            pass   # the session's own read sees the error again
+        finally:
+            sock.settimeout(timeout)
+        websocket = self.websocket
+        websocket.closed = True   # gevent-websocket's close frame: not from here
+        websocket.stream = websocket.raw_write = websocket.raw_read = None
+        self.server.detached.add(sock)
+        self.socket = None
+        return sock, b''.join(read)
+
+
+class Server(PyWSGIServer):
+    """gunicorn's pywsgi server, leaving open the connections that a session took over.
+
+    gunicorn's worker exits once no server's pool runs a greenlet; a WebSocket handed
+    over to its session runs none, so the shutdown's own work is held in a pool (`hold`).
+    """
+
+    serving = weakref.WeakSet()
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.detached = set()
+        self.serving.add(self)
+
+    @classmethod
+    def hold(cls, function, *args):
+        """Run `function` in a greenlet that the worker waits for before it exits."""
+        for server in cls.serving:
+            if server.pool is not None:
+                return server.pool.spawn(function, *args)
+        return gevent.spawn(function, *args)
+
+    @classmethod
+    def accepting(cls):
+        """Whether a server of this process still accepts connections."""
+        return any(not server.closed for server in cls.serving)
+
+    def do_close(self, sock, *args):
+        if sock in self.detached:
+            self.detached.discard(sock)   # its session closes it
+            return
+        super().do_close(sock, *args)
+
 
 class Worker(GeventWebSocketWorker):
     """gunicorn's gevent worker with WebSocket support.
@@ -163,3 +228,4 @@ class Worker(GeventWebSocketWorker):
     """
 
     wsgi_handler = Handler
+    server_class = Server

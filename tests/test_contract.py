@@ -7,10 +7,13 @@ check names the module of ours that needs it.
 import concurrent.futures
 import http.client
 import inspect
+import logging
 import re
 
 import engineio
 import gevent
+import gevent.baseserver
+import gevent.server
 import pytest
 import redis
 import socketio
@@ -66,10 +69,39 @@ def test_python_engineio_hands_gevent_websocket_s_connection_through():
     from engineio.async_drivers import gevent as gevent_driver
     source = inspect.getsource(gevent_driver)
     assert "self._sock = environ['wsgi.websocket']" in source
+    assert 'self.environ = environ' in source   # the environ python-socketio keeps
     from geventwebsocket import handler
     from geventwebsocket.websocket import Stream
     assert 'WebSocket(self.environ, Stream(self), self)' in inspect.getsource(handler)
     assert 'self.handler = handler' in inspect.getsource(Stream.__init__)
+
+
+def test_a_websocket_handed_to_its_session_is_left_open_by_what_ran_it():
+    # worker.Handler.detach: the request's greenlet ends, and none of gevent-websocket,
+    # pywsgi, gevent's server or gunicorn's worker may close the connection or write to
+    # it. If one of these moved, every WebSocket would end right after it opened.
+    from geventwebsocket.handler import WebSocketHandler
+    from geventwebsocket.websocket import WebSocket
+    written = []
+    stream = type('Stream', (), {'read': None, 'write': written.append})()
+    handler = type('Handler', (), {'server': type('S', (), {'application': None})(),
+                                   'logger': logging.getLogger('contract')})()
+    websocket = WebSocket({}, stream, handler)
+    websocket.closed = True   # what detach() does
+    websocket.stream = websocket.raw_write = websocket.raw_read = None
+    websocket.close()
+    assert written == []
+    assert 'if not self.websocket.closed:' in inspect.getsource(WebSocketHandler.run_websocket)
+    handle = inspect.getsource(pywsgi.WSGIHandler.handle)
+    assert 'while self.socket is not None:' in handle
+    assert 'if self.socket is not None:' in handle
+    assert 'close(*args_tuple)' in inspect.getsource(
+        gevent.baseserver._handle_and_close_when_done)
+    assert 'do_close(self, sock' in inspect.getsource(gevent.server.StreamServer)
+    # The worker exits once its servers' pools are empty: the drain is held in one.
+    from gunicorn.workers.ggevent import GeventWorker
+    run = inspect.getsource(GeventWorker.run)
+    assert 'server_class(' in run and 'server.pool.free_count()' in run
 
 
 def test_python_socketio_manager_seams_that_delivery_uses():

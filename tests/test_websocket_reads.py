@@ -1,0 +1,161 @@
+"""What a client sends on a WebSocket, read from the event loop, against the real server.
+
+Once a session is on WebSocket, no greenlet waits for its client: a read watcher wakes one
+when bytes arrive, and wsproto puts the frames together however the network cut them
+(transport.py). These cases cut, fragment, mix and break frames as networks and clients
+do, and check that each is read as the protocol (RFC 6455) says.
+"""
+import json
+import socket
+import time
+
+import pytest
+import requests
+import websocket
+from websocket import ABNF
+
+from conftest import wait_for
+
+
+@pytest.fixture(scope='module')
+def server():
+    from conftest import ServerProcess
+    process = ServerProcess().start()
+    yield process
+    process.stop()
+
+
+def opened(server, query='EIO=4&transport=websocket'):
+    connection = websocket.create_connection(
+        server.url.replace('http', 'ws') + '/socket.io/?' + query, timeout=10)
+    connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return connection
+
+
+def handshake(connection):
+    packet = connection.recv()
+    assert packet.startswith('0{'), packet
+    return json.loads(packet[1:])
+
+
+def frame(data, opcode=ABNF.OPCODE_TEXT, fin=1):
+    """A frame as a client sends it (masked)."""
+    return ABNF.create_frame(data, opcode, fin).format()
+
+
+def assert_connected(connection):
+    while (packet := connection.recv()) == '2':   # a PING may come first
+        connection.send('3')
+    assert packet.startswith('40{'), packet
+
+
+def assert_ended(connection):
+    """The server closed the connection (after a close frame, if any)."""
+    connection.sock.settimeout(10)
+    received = b''
+    try:
+        while chunk := connection.sock.recv(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    return received
+
+
+def test_an_idle_websocket_runs_no_reader_greenlet(start_server):
+    server = start_server()
+    connection = opened(server)
+    try:
+        handshake(connection)
+        connection.send('40')
+        assert_connected(connection)
+        wait_for(lambda: server.metric('nsio_websockets_parked') == 1,
+                 message='the WebSocket read from the event loop')
+        assert 'idle WebSockets read by the event loop' in server.log()
+    finally:
+        connection.close()
+    wait_for(lambda: server.metric('nsio_sockets_connected') == 0,
+             message='the session gone with its connection')
+    assert server.metric('nsio_websockets_parked') == 0
+
+
+def test_a_frame_cut_into_single_bytes_is_read_whole(server):
+    connection = opened(server)
+    try:
+        handshake(connection)
+        for byte in frame('40'):
+            connection.sock.sendall(bytes([byte]))
+            time.sleep(0.005)   # pacing, so that the server's reads see a frame in parts
+        assert_connected(connection)
+    finally:
+        connection.close()
+
+
+def test_a_fragmented_message_with_a_ping_between_its_fragments_is_put_together(server):
+    connection = opened(server)
+    try:
+        handshake(connection)
+        connection.sock.sendall(frame('4', fin=0))
+        connection.sock.sendall(frame(b'between', ABNF.OPCODE_PING))
+        connection.sock.sendall(frame('0', ABNF.OPCODE_CONT))
+        pong = connection.recv_data_frame(control_frame=True)
+        assert (pong[0], pong[1].data) == (ABNF.OPCODE_PONG, b'between')
+        assert_connected(connection)
+    finally:
+        connection.close()
+
+
+def test_frames_sent_with_the_upgrade_in_one_write_are_all_read(server):
+    # The handshake's reader may have read past the UPGRADE packet: what it read is
+    # handed over with the connection.
+    sid = json.loads(requests.get(server.url + '/socket.io/?EIO=4&transport=polling',
+                                  timeout=10).text[1:])['sid']
+    connection = opened(server, f'EIO=4&transport=websocket&sid={sid}')
+    try:
+        connection.send('2probe')
+        assert connection.recv() == '3probe'
+        connection.sock.sendall(frame('5') + frame('40') + frame('42["nothing"]'))
+        while (packet := connection.recv()) == '6':   # the NOOP that ends the poll
+            pass
+        assert packet.startswith('40{'), packet
+    finally:
+        connection.close()
+
+
+def test_a_close_frame_is_answered_and_ends_the_session(server):
+    connection = opened(server)
+    handshake(connection)
+    connection.send_close(1000, b'bye')
+    received = assert_ended(connection)
+    # The server's close frame, status and reason echoed (a server does not mask).
+    assert received.endswith(b'\x88\x05\x03\xe8bye'), received
+
+
+def test_an_unmasked_frame_is_refused_with_a_protocol_error(server):
+    connection = opened(server)
+    handshake(connection)
+    connection.sock.sendall(b'\x81\x0240')   # a client must mask its frames
+    received = assert_ended(connection)
+    assert b'\x88' in received and received[received.index(b'\x88') + 2:][:2] == b'\x03\xea'
+
+
+def send_fragmented(connection, size):
+    """A text message of `size` bytes (an Engine.IO NOOP: ignored), in fragments."""
+    chunk = 65536
+    sizes = [chunk] * (size // chunk) + ([size % chunk] if size % chunk else [])
+    for n, part in enumerate(sizes):
+        text = ('6' + 'x' * (part - 1)) if n == 0 else 'x' * part
+        connection.sock.sendall(frame(text, ABNF.OPCODE_TEXT if n == 0 else
+                                      ABNF.OPCODE_CONT, fin=int(n == len(sizes) - 1)))
+
+
+def test_a_message_over_max_payload_drops_the_connection(server):
+    connection = opened(server)
+    limit = handshake(connection)['maxPayload']
+    send_fragmented(connection, limit)   # at the limit: read, and ignored
+    connection.send('40')
+    assert_connected(connection)
+    try:
+        send_fragmented(connection, limit + 1)
+    except OSError:
+        pass   # dropped while it was still sending
+    assert_ended(connection)
