@@ -382,8 +382,11 @@ class DirectSocket(eio_socket.Socket):
                 self.ping_again = False
                 self._ping()
                 return
-            if self.ping_timer is None:
-                self.ping_timer = gevent.get_hub().loop.timer(self.server.ping_interval)
+            # A new timer each time: libev restarts a fired one-shot timer at once (it
+            # keeps no interval), which PINGed again right after every PONG.
+            if self.ping_timer is not None:
+                self.ping_timer.close()
+            self.ping_timer = gevent.get_hub().loop.timer(self.server.ping_interval)
             self.ping_timer.start(gevent.spawn, self._ping)
 
     def ping_soon(self):

@@ -6,6 +6,7 @@ its heartbeat at 300 ms / 200 ms, as that suite runs.
 """
 import json
 import socket
+import time
 
 import pytest
 import requests
@@ -99,6 +100,40 @@ def test_websocket_pings_and_times_out_without_pongs(server):
         assert set(frames) <= {'2'}
     finally:
         connection.close()
+
+
+def test_websocket_pings_once_per_interval_however_fast_the_client_answers(server):
+    # Each PONG schedules the next PING one interval later, not at once: a heartbeat
+    # per interval per session, whatever the number of sessions.
+    connection = ws(server)
+    try:
+        handshake(connection.recv())
+        connection.settimeout(0.05)
+        pings, deadline = 0, time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            try:
+                frame = connection.recv()
+            except websocket.WebSocketTimeoutException:
+                continue
+            if frame == '2':
+                pings += 1
+                connection.send('3')
+        assert 2 <= pings <= 1.5 / 0.3 + 2, pings
+    finally:
+        connection.close()
+
+
+def test_long_polling_pings_once_per_interval_however_fast_the_client_answers(server):
+    url = server.url + '/socket.io/?EIO=4&transport=polling'
+    sid = handshake(requests.get(url, timeout=10).text)['sid']
+    pings, deadline = 0, time.monotonic() + 1.5
+    with requests.Session() as session:
+        while time.monotonic() < deadline:
+            packets = session.get(f'{url}&sid={sid}', timeout=10).text.split('\x1e')
+            if '2' in packets:
+                pings += 1
+                assert session.post(f'{url}&sid={sid}', data='3', timeout=10).text == 'OK'
+    assert 2 <= pings <= 1.5 / 0.3 + 2, pings
 
 
 def test_a_request_asking_to_close_the_connection_is_told_it_is_closed(server):
