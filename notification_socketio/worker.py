@@ -7,10 +7,12 @@ in `access_log_format` (no query string: it carries connectionIds); nothing othe
 """
 import contextlib
 import socket
+import time
 import weakref
 from urllib.parse import parse_qs
 
 import gevent
+from gevent.pywsgi import format_date_time
 from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
 from geventwebsocket.handler import WebSocketHandler
 from gunicorn.workers.ggevent import PyWSGIHandler, PyWSGIServer
@@ -82,6 +84,17 @@ class RequestHeaders:
         self._fields[:] = [field for field in self._fields if field[0].lower() != name]
 
 
+_date = [0, b'']   # [second, its HTTP date]
+
+
+def _http_date():
+    """The Date header's value, formatted once a second rather than once a response."""
+    now = int(time.time())
+    if _date[0] != now:
+        _date[:] = [now, format_date_time(now)]
+    return _date[1]
+
+
 #: Read buffer per connection. pywsgi's default (8 KiB) stays allocated for the whole life
 #: of a WebSocket, whose frames from the client are a few bytes; request heads fit in this,
 #: and longer bodies are read past the buffer anyway.
@@ -139,6 +152,8 @@ class Handler(WebSocketHandler, PyWSGIHandler):
         Refused before the handshake, python-engineio's 400 reaches the browser, which
         gives up at once; after it, the browser would wait for its connect timeout.
         """
+        if self.environ.get('HTTP_UPGRADE', '').lower() != 'websocket':
+            return None   # no upgrade asked (gevent-websocket's own first check)
         query = parse_qs(self.environ.get('QUERY_STRING', ''))
         if self.environ.get('PATH_INFO', '').startswith(ENGINEIO_PATH) and \
                 query.get('transport') != ['websocket']:
@@ -153,8 +168,17 @@ class Handler(WebSocketHandler, PyWSGIHandler):
         return super().upgrade_websocket()
 
     def log_request(self):
-        if '101' not in str(self.status):
+        # gunicorn builds the line's data before it looks whether an access log is on;
+        # its `access_log_enabled` (gunicorn 27) says so up front.
+        if getattr(self.server.log, 'access_log_enabled', True) and \
+                '101' not in str(self.status):
             PyWSGIHandler.log_request(self)
+
+    def finalize_headers(self):
+        if self.provided_date is None:   # pywsgi would format the date for every response
+            self.response_headers.append((b'Date', _http_date()))
+            self.provided_date = True
+        super().finalize_headers()
 
     def detach(self):
         """Give this WebSocket's connection to its session, which reads it from the loop.

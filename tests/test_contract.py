@@ -216,6 +216,13 @@ def test_gunicorn_and_gevent_handler_hooks_that_worker_py_overrides():
     used = set(re.findall(r'self\.headers\.(\w+)', inspect.getsource(pywsgi.WSGIHandler)))
     assert used <= {'status', 'get', 'getheader', 'typeheader', 'headers'}, used
     assert 'self.headers.items()' in inspect.getsource(PyWSGIHandler.log_request)
+    # worker.py: the Date header formatted once a second, and no access-log data built
+    # when no access log is on.
+    assert 'if self.provided_date is None:' in inspect.getsource(
+        pywsgi.WSGIHandler.finalize_headers)
+    assert pywsgi.format_date_time(0) == b'Thu, 01 Jan 1970 00:00:00 GMT'
+    from gunicorn.glogging import Logger
+    assert isinstance(inspect.getattr_static(Logger, 'access_log_enabled'), property)
 
 
 HEADS = [

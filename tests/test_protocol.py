@@ -5,6 +5,7 @@ The cases of the Socket.IO project's protocol test suite (socketio/socket.io-pro
 its heartbeat at 300 ms / 200 ms, as that suite runs.
 """
 import json
+import re
 import socket
 import time
 
@@ -146,6 +147,7 @@ def test_a_request_asking_to_close_the_connection_is_told_it_is_closed(server):
             answer += chunk
     head = answer.split(b'\r\n\r\n', 1)[0].lower()
     assert head.startswith(b'http/1.1 200') and b'\r\nconnection: close' in head
+    assert re.search(rb'\r\ndate: \w{3}, \d{2} \w{3} \d{4} \d{2}:\d{2}:\d{2} gmt', head), head
 
 
 def test_the_main_namespace_connects_and_another_gets_the_protocol_s_error(server):
