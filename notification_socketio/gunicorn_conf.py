@@ -19,7 +19,8 @@ worker_class = 'notification_socketio.worker.Worker'
 # One worker: long-polling needs every request of a session on the same process.
 # WEB_CONCURRENCY (set by PaaS) is deliberately not read; scale out with processes + Redis.
 workers = 1
-# Every WebSocket and every pending long-poll holds one slot; gunicorn's default is 1000.
+# Every request under way (a pending long-poll included) holds one slot; a WebSocket holds
+# one only until its handshake is done (worker.Handler.detach). gunicorn's default is 1000.
 # Set well above what a process serves (bench SCALE: 20,000 sessions), so that the bound
 # is the file descriptors (`ulimit -n`), which start-up reports.
 worker_connections = 100000
