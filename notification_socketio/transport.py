@@ -192,6 +192,8 @@ def _reader(socket):
             return
         _idle_readers.append(greenlet.getcurrent())
         socket = hub.switch()
+        while not isinstance(socket, DirectSocket):   # not from _wake: still waiting
+            socket = hub.switch()
 
 
 class DirectSocket(eio_socket.Socket):
