@@ -42,7 +42,7 @@ CHANNEL = 'notification-socketio'
 #: Seconds a call waits for Redis to answer.
 REDIS_TIMEOUT = 3
 _KEY_FLOOR_MS = 1000   # PEXPIRE 0 would delete a stream at once
-_LEASE_MS = 30000
+_LEASE_MS = 30000   # a due presence check or fallback taken by one process, for this long
 #: Answers to a script that Redis did not run: it was sent to a server that is no longer
 #: the primary of its keys (a failover, a Cluster slot that moved or is being failed over).
 _NOT_RUN = (redis.ReadOnlyError, redis.exceptions.AskError, redis.exceptions.TryAgainError,
@@ -58,7 +58,7 @@ def _failure(error, maybe_made=True):
     refused = isinstance(error, _NOT_RUN) or str(error) == DEMOTED
     return (OutcomeUnknown if maybe_made and not refused else StateUnavailable)(
         f'Redis: {error}')
-      # a due presence check or fallback taken by one process, for this long
+
 
 _NOW_MS = """
 local now = redis.call('TIME')
