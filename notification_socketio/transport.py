@@ -12,8 +12,8 @@ heartbeat, closing) is python-engineio's own.
 
 Reading is not a greenlet's either: once the session is on WebSocket, the request's
 greenlet hands the connection over (worker.Handler.detach) and ends. A read watcher on
-the event loop wakes a short-lived greenlet when the client sends something, and wsproto
-decodes the frames however the network cut them. An idle session holds no greenlet
+the event loop wakes a reader greenlet (a few wait, reused) when the client sends
+something, and wsproto decodes the frames however the network cut them. An idle session holds no greenlet
 stack, no pywsgi handler and no read buffer: a third of the memory it took before.
 
 Order is kept: a frame is written directly only when nothing waits before it, so
@@ -502,7 +502,7 @@ class DirectSocket(eio_socket.Socket):
             self._park(*taken)
             return []
         if not self.closed:
-            _fast_path_off('idle WebSockets without a greenlet',
+            _fast_path_off('idle WebSockets read by the event loop',
                            f'{type(handler).__name__} cannot hand its connection over')
         while not self.closed:
             try:
@@ -536,9 +536,9 @@ class DirectSocket(eio_socket.Socket):
     def _park(self, conn, already_read):
         """Read the WebSocket from the event loop: a quiet client costs no greenlet.
 
-        A read watcher on the connection wakes a short-lived greenlet when the client has
-        sent something; wsproto decodes the frames, however they were cut, and keeps the
-        part of one still arriving.
+        A read watcher on the connection wakes a reader greenlet (`_reader`) when the
+        client has sent something; wsproto decodes the frames, however they were cut, and
+        keeps the part of one still arriving.
         """
         self.frames = wsproto.Connection(wsproto.ConnectionType.SERVER)
         self.watcher = gevent.get_hub().loop.io(conn.fileno(), 1)
@@ -582,6 +582,8 @@ class DirectSocket(eio_socket.Socket):
                 parts = self.message_parts
                 if parts is None and event.message_finished:
                     p = event.data   # the usual case: a message in one piece
+                    if len(p) > self.server.max_http_buffer_size:
+                        return False   # as python-engineio: the connection is dropped
                 else:   # in pieces: the attributes are set only then (an idle socket's
                     if parts is None:   # dict stays small)
                         parts = self.message_parts = []
@@ -594,8 +596,6 @@ class DirectSocket(eio_socket.Socket):
                         continue
                     self.message_parts = None
                     p = parts[0][:0].join(parts)
-                if len(p) > self.server.max_http_buffer_size:
-                    return False   # as python-engineio: the connection is dropped
                 if not self._dispatch(p) or self.closed:
                     return False
             elif isinstance(event, wsproto_events.Ping):
