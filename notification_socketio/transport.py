@@ -13,8 +13,9 @@ heartbeat, closing) is python-engineio's own.
 Reading is not a greenlet's either: once the session is on WebSocket, the request's
 greenlet hands the connection over (worker.Handler.detach) and ends. A read watcher on
 the event loop wakes a reader greenlet (a few wait, reused) when the client sends
-something, and wsproto decodes the frames however the network cut them. An idle session holds no greenlet
-stack, no pywsgi handler and no read buffer: a third of the memory it took before.
+something, and wsproto decodes the frames however the network cut them. An idle
+session holds no greenlet stack, no pywsgi handler and no read buffer: a third of the
+memory it took before.
 
 Order is kept: a frame is written directly only when nothing waits before it, so
 messages, PINGs and closes leave in the order they were sent, which the delivery
