@@ -100,6 +100,9 @@ def _http_date():
 #: and longer bodies are read past the buffer anyway.
 READ_BUFFER = 2048
 
+#: A response body up to this size leaves in the same send as its head.
+ONE_SEND = 65536
+
 
 class Handler(WebSocketHandler, PyWSGIHandler):
     """gevent-websocket's handler, logging like gunicorn's gevent handler.
@@ -179,6 +182,29 @@ class Handler(WebSocketHandler, PyWSGIHandler):
             self.response_headers.append((b'Date', _http_date()))
             self.provided_date = True
         super().finalize_headers()
+
+    def _write_with_headers(self, data):
+        # pywsgi's, with one difference: it sends the head and then the body, two sends
+        # and, with gunicorn's TCP_NODELAY, two segments that the client reads one by
+        # one; a small body here goes in the same send as the head (every poll, every
+        # push's answer).
+        self.headers_sent = True
+        self.finalize_headers()
+        head = bytearray(b'HTTP/1.1 ')
+        head += self.status
+        head += b'\r\n'
+        for header, value in self.response_headers:
+            head += header
+            head += b': '
+            head += value
+            head += b'\r\n'
+        head += b'\r\n'
+        if data and len(data) <= ONE_SEND and not self.response_use_chunked:
+            head += data
+            self._sendall(head)
+        else:
+            self._sendall(head)
+            self._write(data)
 
     def detach(self):
         """Give this WebSocket's connection to its session, which reads it from the loop.

@@ -223,6 +223,16 @@ def test_gunicorn_and_gevent_handler_hooks_that_worker_py_overrides():
     assert pywsgi.format_date_time(0) == b'Thu, 01 Jan 1970 00:00:00 GMT'
     from gunicorn.glogging import Logger
     assert isinstance(inspect.getattr_static(Logger, 'access_log_enabled'), property)
+    # worker.py: Handler._write_with_headers is pywsgi's with the head and a small body
+    # in one send; what it repeats of pywsgi's.
+    has(pywsgi.WSGIHandler, '_write_with_headers', '_sendall', '_write', 'headers_sent',
+        'response_use_chunked')
+    source = inspect.getsource(pywsgi.WSGIHandler._write_with_headers)
+    for line in ('self.headers_sent = True', 'self.finalize_headers()',
+                 "towrite = bytearray(b'HTTP/1.1 ')", 'towrite += self.status',
+                 'for header, value in self.response_headers:', 'self._sendall(towrite)',
+                 'self._write(data)'):
+        assert line in source, line
 
 
 HEADS = [

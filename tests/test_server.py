@@ -300,3 +300,47 @@ def test_the_worker_raises_its_open_files_limit_and_says_it():
         assert line.split()[3] == str(hard), line
     finally:
         server.stop()
+
+
+def test_a_small_response_leaves_in_one_send_and_a_large_one_whole():
+    # pywsgi sends a response's head and its body in two sends: with TCP_NODELAY (which
+    # gunicorn sets), two segments for the client to read, on every poll and every push.
+    import gevent
+    from gevent import pywsgi, socket as gsocket
+
+    from notification_socketio.worker import ONE_SEND, Handler
+    sends = []
+
+    class Counting(Handler):
+        def _sendall(self, data):
+            sends.append(bytes(data))
+            return super()._sendall(data)
+
+    class Log:
+        access_log_enabled = False
+    bodies = {'/small': b'{"id":"1","online":1}\n', '/large': b'x' * (ONE_SEND + 1)}
+
+    def app(environ, start_response):
+        body = bodies[environ['PATH_INFO']]
+        start_response('200 OK', [('Content-Type', 'application/json'),
+                                  ('Content-Length', str(len(body)))])
+        return [body]
+    server = pywsgi.WSGIServer(('127.0.0.1', 0), app, handler_class=Counting, log=None)
+    server.log = Log()
+    server.start()
+
+    def get(path):
+        sends.clear()
+        with gsocket.create_connection(server.address) as client:
+            client.sendall(f'GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n'
+                           .encode())
+            return b''.join(iter(lambda: client.recv(65536), b''))
+    try:
+        small = gevent.spawn(get, '/small').get(timeout=10)
+        assert small.endswith(b'\r\n\r\n' + bodies['/small'])
+        assert len(sends) == 1 and sends[0] == small, sends
+        large = gevent.spawn(get, '/large').get(timeout=10)
+        assert large.endswith(b'\r\n\r\n' + bodies['/large'])
+        assert b''.join(sends) == large
+    finally:
+        server.stop()
