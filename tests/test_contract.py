@@ -91,6 +91,12 @@ def test_a_websocket_handed_to_its_session_is_left_open_by_what_ran_it():
     websocket.stream = websocket.raw_write = websocket.raw_read = None
     websocket.close()
     assert written == []
+    # detach() also makes it a HandedOver, whose close() (which __del__ calls) does nothing.
+    from notification_socketio.worker import HandedOver
+    assert 'self.close()' in inspect.getsource(WebSocket.__del__)
+    websocket = WebSocket({}, stream, handler)
+    websocket.__class__ = HandedOver   # no TypeError: the same layout
+    websocket.close()
     assert 'if not self.websocket.closed:' in inspect.getsource(WebSocketHandler.run_websocket)
     handle = inspect.getsource(pywsgi.WSGIHandler.handle)
     assert 'while self.socket is not None:' in handle
