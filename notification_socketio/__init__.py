@@ -23,7 +23,6 @@ def create_app(config=None):
 
     `config` is a Config; without it the environment is read (ConfigError if it is wrong).
     """
-    from flask import Flask
     from flask_socketio import SocketIO
 
     from . import api, console, errors, events, jsoncodec, metrics, openapi, transport
@@ -38,7 +37,7 @@ def create_app(config=None):
 
     config = config or Config.from_env()
     configure_logging(config)
-    app = Flask(__name__)
+    app = events.App(__name__)
     app.config['MAX_CONTENT_LENGTH'] = config.max_message_bytes
     errors.init_app(app)
     app.register_blueprint(api.bp)

@@ -171,3 +171,13 @@ def test_a_batch_push_reaches_each_listed_user_once(rest, socket_client):
     assert response.status_code == 200
     assert messages(clients['a']) == ['batch'] and messages(clients['b']) == ['batch']
     assert messages(clients['c']) == []
+
+
+def test_an_events_request_context_skips_url_matching_and_a_routes_does_not(app):
+    from flask import request
+    from werkzeug.test import EnvironBuilder
+    with app.request_context(EnvironBuilder(path='/socket.io/').get_environ()) as context:
+        assert context.url_adapter is None and request.routing_exception is None
+    with app.request_context(EnvironBuilder(path='/api/u/register', method='PUT')
+                             .get_environ()):
+        assert request.endpoint == 'api.register'
