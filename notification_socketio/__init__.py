@@ -85,7 +85,7 @@ def create_app(config=None):
     app.wsgi_app = FastPush(EngineIOFront(app.wsgi_app, config), server)
     logging.getLogger(__name__).info(
         'fast paths on: %s', ', '.join([*transport.fast_paths(socketio.server.eio),
-                                        'fast push route', 'orjson',
+                                        'fast push and register routes', 'orjson',
                                         *([] if state.local else state.fast_paths())]))
     return app
 

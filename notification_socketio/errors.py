@@ -37,6 +37,12 @@ def error_body(message):
     return jsoncodec.dumps({'error': message}).encode() + b'\n'
 
 
+def too_many_sessions(limit):
+    """The error of a registration refused for MAX_SESSIONS_PER_USER."""
+    return (f'this user already has {limit} registrations, all held by live sockets '
+            '(MAX_SESSIONS_PER_USER); revoke one first')
+
+
 def error_response(status, message):
     """The JSON error every failure answers with."""
     return jsonify(error=message), status
@@ -60,10 +66,8 @@ def init_app(app):
 
     @app.errorhandler(TooManySessions)
     def _too_many_sessions(_error):
-        limit = app.extensions['notification_socketio'].config.max_sessions_per_user
-        return error_response(429, f'this user already has {limit} registrations, all '
-                                   'held by live sockets (MAX_SESSIONS_PER_USER); revoke '
-                                   'one first')
+        return error_response(429, too_many_sessions(
+            app.extensions['notification_socketio'].config.max_sessions_per_user))
 
     @app.errorhandler(HTTPException)
     def _http_error(error):

@@ -1,14 +1,16 @@
-"""The push route's common case, answered before Flask; everything else goes on to Flask.
+"""The routes a backend calls all day, their common case answered before Flask.
 
-`POST /api/<userId>/push` is what a backend calls all day. Through Flask, routing, the
-request context, the decorators and the response object cost more than the push itself
-(py-spy, bench S1). This WSGI middleware answers the plain successful case itself: a
-userId without a slash, a valid token, a JSON body of a known length that holds a
-`message`. It gives the same answer, status, headers and metrics as the Flask route
-(tests/test_api.py checks the two side by side), and answers what the state says of
-the push itself (503, 504, 409) as the route does: once a push was handed to the state,
-nothing pushes it again. Any other request, and any doubt before that (another content
-type, a bad token, a bad body or key), is handed to Flask untouched, which answers it.
+`POST /api/<userId>/push` for every message, `PUT /api/<userId>/register` for every page
+view. Through Flask, routing, the request context, the decorators and the response
+object cost more than the push itself (py-spy, bench S1), and a tenth of opening a
+session (bench S5). This WSGI middleware answers the plain successful cases itself: a
+userId without a slash and a valid token; for a push, a JSON body of a known length that
+holds a `message`; for a registration, a query string that is `connectionId=` and an id
+with nothing to decode. It gives the same answer, status, headers, log line and metrics
+as the Flask route (tests/test_api.py checks them side by side), and answers what the
+state says (503, 504, 409, 429) as the route does: once a call was handed to the state,
+nothing makes it again. Any other request, and any doubt before that (another content
+type, a bad token, a bad body, key or id), is handed to Flask untouched, which answers it.
 """
 import http
 import io
@@ -16,18 +18,24 @@ import logging
 import time
 
 from . import errors, jsoncodec
+from .delivery import redact
 from .metrics import PUSH_ROUTES, outcome_of
+from .state import TooManySessions
 from .validation import (InvalidInput, check_id, fallback_after_of, idempotency_of,
                          message_of, parse_json, token_matches)
 
 log = logging.getLogger(__name__)
-_PREFIX, _SUFFIX = '/api/', '/push'
+api_log = logging.getLogger('notification_socketio.api')   # the route's own lines
+_PREFIX, _SUFFIX, _REGISTER = '/api/', '/push', '/register'
+_CONNECTION_ID = 'connectionId='
+_TO_DECODE = frozenset('%+&;=#')   # what a query string would need decoded or split
 _HEADERS = [('Content-Type', 'application/json')]
 _REPLAYED = [*_HEADERS, ('Idempotent-Replayed', 'true')]
 
 
 class FastPush:
-    """WSGI middleware: answer plain pushes to one user; pass everything else to `app`."""
+    """WSGI middleware: answer plain pushes to and registrations of one user; pass
+    everything else to `app`."""
 
     def __init__(self, app, server):
         self.app = app
@@ -39,17 +47,59 @@ class FastPush:
         self.pushed = server.metrics.pushes.labels(route, 'ok')
         self.failed = server.metrics.pushes.labels(route, 'error')
         self.latency = server.metrics.push_latency.labels(route)
+        self.registered = jsoncodec.dumps(
+            {'ok': True, 'ttl': server.config.registration_ttl}).encode() + b'\n'
 
     def __call__(self, environ, start_response):
-        if environ.get('REQUEST_METHOD') == 'POST':
+        method = environ.get('REQUEST_METHOD')
+        answer = None
+        if method == 'POST':
             path = environ.get('PATH_INFO', '')
             if path.startswith(_PREFIX) and path.endswith(_SUFFIX):
                 answer = self._answer(environ, path[len(_PREFIX):-len(_SUFFIX)])
-                if answer is not None:
-                    status, headers, body = answer
-                    start_response(status, [*headers, ('Content-Length', str(len(body)))])
-                    return [body]
-        return self.app(environ, start_response)
+        elif method == 'PUT':
+            path = environ.get('PATH_INFO', '')
+            if path.startswith(_PREFIX) and path.endswith(_REGISTER):
+                answer = self._register(environ, path[len(_PREFIX):-len(_REGISTER)])
+        if answer is None:
+            return self.app(environ, start_response)
+        status, headers, body = answer
+        start_response(status, [*headers, ('Content-Length', str(len(body)))])
+        return [body]
+
+    def _register(self, environ, user_id):
+        """(status, headers, body) of a plain registration, or None to let Flask answer."""
+        query = environ.get('QUERY_STRING', '')
+        connection_id = query[len(_CONNECTION_ID):]
+        if not query.startswith(_CONNECTION_ID) or '/' in user_id or \
+                not _TO_DECODE.isdisjoint(connection_id) or not token_matches(
+                    environ.get('HTTP_X_AUTH_TOKEN', ''), self.tokens):
+            return None
+        try:
+            user_id = check_id(user_id.encode('latin-1').decode('utf-8'), 'userId')
+            connection_id = check_id(connection_id, 'connectionId')
+        except ValueError:   # InvalidInput included
+            return None
+        try:
+            self.server.state.register(user_id, connection_id)
+        except tuple(errors.STATE_FAILURES) as error:
+            status, message = errors.STATE_FAILURES[type(error)]
+            log.warning('PUT %s: %s', environ.get('PATH_INFO'), error)
+            return self._error(status, message)
+        except TooManySessions:
+            return self._error(429, errors.too_many_sessions(
+                self.server.config.max_sessions_per_user))
+        except Exception:
+            log.exception('unexpected error on PUT %s', environ.get('PATH_INFO'))
+            return self._error(500, 'internal error')
+        self.metrics.registrations.inc()
+        api_log.info('registered connection %s for user %s', redact(connection_id), user_id)
+        return '200 OK', _HEADERS, self.registered
+
+    @staticmethod
+    def _error(status, message):
+        return (f'{status} {http.HTTPStatus(status).phrase}', _HEADERS,
+                errors.error_body(message))
 
     def _answer(self, environ, user_id):
         """(status, headers, body), or None to let Flask handle the request."""

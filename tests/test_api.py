@@ -2,6 +2,7 @@
 import json
 
 import pytest
+from flask import request
 
 from conftest import TOKEN, auth
 from notification_socketio.validation import MAX_ID_LENGTH
@@ -295,6 +296,45 @@ def test_the_fast_push_path_answers_exactly_like_the_flask_route(rest, app):
     metrics = rest.get('/metrics').get_data(as_text=True)
     assert 'nsio_pushes_total{outcome="ok",route="push"} 2.0' in metrics
     assert 'nsio_push_latency_seconds_count{route="push"} 2.0' in metrics
+
+
+def test_the_fast_register_path_answers_exactly_like_the_flask_route(rest, app, caplog):
+    # `connectionId=<id>` alone is answered before Flask (fastpush.py); with another
+    # parameter beside it, the Flask route answers. Both look the same to the backend, the
+    # log and /metrics.
+    caplog.set_level('INFO', logger='notification_socketio.api')
+    reached_flask = []
+    app.before_request(lambda: reached_flask.append(request.path))
+    fast = rest.put('/api/u1/register?connectionId=c1', headers=auth())
+    assert reached_flask == []
+    routed = rest.put('/api/u1/register?connectionId=c2&also=1', headers=auth())
+    assert reached_flask == ['/api/u1/register']
+    assert fast.status_code == routed.status_code == 200
+    assert dict(fast.headers) == dict(routed.headers)
+    assert fast.get_data() == routed.get_data() == b'{"ok":true,"ttl":86400}\n'
+    lines = [record.getMessage() for record in caplog.records
+             if record.name == 'notification_socketio.api']
+    assert len(lines) == 2 and all(line.startswith('registered connection ') and
+                                   line.endswith(' for user u1') for line in lines), lines
+    assert 'nsio_registrations_total 2.0' in rest.get('/metrics').get_data(as_text=True)
+    assert rest.get('/api/u1/sessions', headers=auth()).json['registered'] == 2
+
+
+@pytest.mark.parametrize('query, status, connection_id', [
+    ('?connectionId=a%2Db', 200, 'a-b'),
+    ('?connectionId=a+b', 200, 'a b'),
+    ('?other=1&connectionId=c', 200, 'c'),
+    ('?connectionId=c&connectionId=d', 200, 'c'),
+    ('?connectionId=', 400, None),
+    ('?connectionId=' + 'c' * (MAX_ID_LENGTH + 1), 400, None),
+])
+def test_registrations_the_fast_path_does_not_take_are_answered_by_flask(
+        rest, socket_client, query, status, connection_id):
+    response = rest.put('/api/u1/register' + query, headers=auth())
+    assert response.status_code == status, response.json
+    if connection_id is not None:   # registered under the decoded id
+        client = socket_client()
+        assert client.emit('register', 'u1', connection_id, callback=True) == {'ok': True}
 
 
 @pytest.mark.parametrize('path, body, status', [

@@ -319,7 +319,8 @@ def test_the_real_server_runs_every_fast_path(start_server, listeners):
     wait_for(lambda: server.metric('nsio_websockets_direct') == 1,
              message='the WebSocket written directly')
     log = server.log()
-    assert 'fast paths on: direct WebSocket writes, timer PINGs, fast push route, orjson' in log
+    assert ('fast paths on: direct WebSocket writes, timer PINGs, fast push and register '
+            'routes, orjson') in log
     assert 'fast paths on: gunicorn handler' in log
     assert 'fast path OFF' not in log
     assert TOKEN not in log
@@ -329,7 +330,7 @@ def test_the_real_server_on_redis_runs_hiredis_and_pipelined_pushes(
         start_server, redis_server):
     server = start_server({'REDIS_URL': redis_server.url})
     wait_for(lambda: 'fast paths on: direct' in server.log(), message='the start-up line')
-    assert 'fast push route, orjson, hiredis, pipelined pushes' in server.log()
+    assert 'fast push and register routes, orjson, hiredis, pipelined pushes' in server.log()
 
 
 def test_concurrent_pushes_share_one_connection_to_redis(start_server, redis_server):
