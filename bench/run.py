@@ -247,18 +247,40 @@ def load_command(scenario, server, **options):
 
 
 def run_scenario(name, kind, env=None):
-    """One scenario on a fresh server of `kind`; returns its figures."""
+    """One scenario on a fresh server of `kind`; returns its figures.
+
+    Beside the generator's: the serving process's CPU share over the whole run (set-up
+    included; one process only), and for S4 the TCP connections the machine accepted per
+    push (each long-poll is a connection of its own, for both servers).
+    """
     server = fresh_server(kind, env)
     try:
         command = load_command(name, server, **SCENARIOS[name])
         if name == 'S3':
             return measure_memory(server, command)
+        pid = server.serving_pid() if isinstance(server, Server) else None
+        cpu_before = _cpu_seconds(pid) if pid else None
+        accepted_before, started = _accepted_connections(), time.monotonic()
         result = subprocess.run(command, capture_output=True, text=True, timeout=900)
         if result.returncode != 0:
             raise RuntimeError(f'{name} on {kind}: {result.stderr.strip()[-2000:]}')
-        return json.loads(result.stdout.strip().splitlines()[-1])
+        figures = json.loads(result.stdout.strip().splitlines()[-1])
+        if pid:
+            figures['server_cpu'] = ((_cpu_seconds(pid) - cpu_before)
+                                     / (time.monotonic() - started))
+        if name == 'S4':
+            figures['connections_per_push'] = ((_accepted_connections() - accepted_before)
+                                               / SCENARIOS[name]['pushes'])
+        return figures
     finally:
         server.stop()
+
+
+def _accepted_connections():
+    """TCP connections this machine accepted so far (/proc/net/snmp's PassiveOpens)."""
+    header, values = (line.split() for line in Path('/proc/net/snmp').read_text()
+                      .splitlines() if line.startswith('Tcp:'))
+    return int(values[header.index('PassiveOpens')])
 
 
 def scale_sizes(requested):
@@ -378,6 +400,9 @@ def print_poll_table(results):
     for name, field in rows:
         ours, peer = results['ours'].get(field), results['peer'].get(field)
         ratio = f'{ours / peer:.2f}x' if ours is not None and peer else ''
+        if field == 'rate':
+            ratio += floor_note(results['ours'].get('generator_cpu'),
+                                results['peer'].get('generator_cpu'))
         print(f'| sessions open | {name} | {format_value(ours)} | {format_value(peer)} | '
               f'{ratio} |')
 
@@ -400,6 +425,9 @@ def print_scale_table(results):
             ours = results[(size, run_at, 'ours')].get(field)
             peer = results[(size, run_at, 'peer')].get(field)
             ratio = f'{ours / peer:.2f}x' if ours is not None and peer else ''
+            if field == 'rate':
+                ratio += floor_note(results[(size, run_at, 'ours')].get('generator_cpu'),
+                                    results[(size, run_at, 'peer')].get('generator_cpu'))
             print(f'| {label} | {name} | {format_value(ours)} | {format_value(peer)} | '
                   f'{ratio} |')
 
@@ -519,12 +547,24 @@ def summary(figures):
         parts.append(f"p50 {figures['p50_ms']:.1f} ms p99 {figures['p99_ms']:.1f} ms")
     if 'generator_cpu' in figures:
         parts.append(f"generator CPU {figures['generator_cpu']:.0%} of a core")
+    if 'server_cpu' in figures:
+        parts.append(f"server CPU {figures['server_cpu']:.0%}")
+    if 'connections_per_push' in figures:
+        parts.append(f"{figures['connections_per_push']:.2f} connections per push")
     return ', '.join(parts)
 
 
 def median(results, key, field):
     values = [figures[field] for figures in results.get(key, []) if field in figures]
     return statistics.median(values) if values else None
+
+
+#: A generator busier than this share of its core is saturated: the rate it measured is
+#: a floor of what the server could do.
+SATURATED = 0.9
+_EXTRA_ROWS = (('generator_cpu', 'generator CPU (share of its core)'),
+               ('server_cpu', 'server CPU (share of its core, set-up included)'),
+               ('connections_per_push', 'TCP connections accepted per push'))
 
 
 def print_table(results, names):
@@ -535,14 +575,27 @@ def print_table(results, names):
         rows = [(unit, 'rate')]
         if 'p99_ms' in results[(name, 'ours')][0]:
             rows += [('p50 ms', 'p50_ms'), ('p99 ms', 'p99_ms')]
-        if 'generator_cpu' in results[(name, 'ours')][0]:
-            rows.append(('generator CPU (share of its core)', 'generator_cpu'))
+        rows += [(label, field) for field, label in _EXTRA_ROWS
+                 if field in results[(name, 'ours')][0]]
         for label, field in rows:
             ours = median(results, (name, 'ours'), field)
             peer = median(results, (name, 'peer'), field)
             ratio = f'{ours / peer:.2f}x' if peer else ''
+            if field == 'rate':
+                ratio += floor_note(median(results, (name, 'ours'), 'generator_cpu'),
+                                    median(results, (name, 'peer'), 'generator_cpu'))
             print(f'| {name}: {DESCRIPTIONS[name]} | {label} | {format_value(ours)} | '
                   f'{format_value(peer)} | {ratio} |')
+
+
+def floor_note(ours, peer):
+    """What a saturated generator makes of a rate's ratio: '' when neither was."""
+    saturated = [who for who, share in (('ours', ours), ('the peer', peer))
+                 if share is not None and share >= SATURATED]
+    if not saturated:
+        return ''
+    return (f" (floor: the generator was saturated against {' and '.join(saturated)}, "
+            f"at {SATURATED:.0%} of its core or more)")
 
 
 def format_value(value):
