@@ -26,6 +26,12 @@ a PING with a PONG only after it has read what was queued before it. So a PONG p
 the client received every message sent before the matching PING: the only acknowledgement
 that unmodified Socket.IO clients send. `on_ping` and `on_pong` tell the delivery.
 
+A long-poll is answered in a lull of the worker: once a message waits for it, the answer
+goes out when the event loop has nothing else pending (at once on a worker with time to
+spare), or after LULL_WAIT at the latest. A worker saturated by long-polling clients, each
+poll a request of its own, would otherwise answer one message per poll and spend its
+time on polls; this way the messages that arrive while it is busy leave together.
+
 A client that stops reading cannot make the server hold its messages without bound:
 past MAX_SOCKET_BUFFER_BYTES waiting for it (behind the flusher on WebSocket, in the
 queue on long-polling), its transport is dropped. The official client then reconnects,
@@ -39,6 +45,7 @@ import struct
 import time
 
 import gevent
+import gevent.event
 import greenlet
 import wsproto
 from wsproto import events as wsproto_events
@@ -197,6 +204,45 @@ def _reader(socket):
             socket = hub.switch()
 
 
+#: Seconds a long-poll answer waits at most for a lull of the worker (module docstring).
+LULL_WAIT = 0.1
+
+
+class Lull:
+    """Wakes whoever waits once the event loop has nothing else pending.
+
+    One libev idle watcher for all waiters, started while some wait: libev runs it only
+    in a loop turn with no other event pending.
+    """
+
+    def __init__(self):
+        self.waiting = []
+        self.watcher = None
+
+    def wait(self, timeout):
+        """Return True in the next lull, False if `timeout` seconds came first."""
+        event = gevent.event.Event()
+        self.waiting.append(event)
+        if self.watcher is None:
+            self.watcher = gevent.get_hub().loop.idle()
+        if not self.watcher.active:
+            self.watcher.start(self._lull)
+        try:
+            return event.wait(timeout)
+        finally:
+            with contextlib.suppress(ValueError):   # gone already if the lull came
+                self.waiting.remove(event)
+
+    def _lull(self):
+        self.watcher.stop()
+        waiting, self.waiting = self.waiting, []
+        for event in waiting:
+            event.set()
+
+
+_LULL = Lull()
+
+
 class DirectSocket(eio_socket.Socket):
     """An Engine.IO socket that writes WebSocket frames without a writer greenlet."""
 
@@ -254,7 +300,15 @@ class DirectSocket(eio_socket.Socket):
             raise exceptions.EngineIOError() from None   # python-engineio answers 400
 
     def poll(self):
-        """Wait for packets to send on long-polling (python-engineio's), counting them out."""
+        """Wait for packets to send on long-polling (python-engineio's), counting them out.
+
+        Once one waits, the answer waits for a lull of the worker (module docstring).
+        """
+        try:
+            self.queue.peek(timeout=self.server.ping_interval + self.server.ping_timeout)
+        except self.server.get_queue_empty_exception():
+            raise exceptions.QueueEmpty() from None
+        _LULL.wait(LULL_WAIT)
         packets = [self._exact_handshake(pkt) for pkt in super().poll()]
         self.queued_bytes = max(self.queued_bytes - sum(map(_size, packets)), 0)
         if self.engineio3:

@@ -59,6 +59,7 @@ def test_python_engineio_socket_as_transport_extends_it():
     socket = eio_socket.Socket(eio, 'sid')
     has(socket, 'queue', 'closed', 'closing', 'connected', 'upgraded', 'upgrading',
         'last_ping', 'sid', 'server')
+    has(socket.queue, 'peek')   # DirectSocket.poll waits for a packet without taking it
     assert set(eio.handlers) >= {'connect', 'message'}
     # transport.py swaps the class of each new socket as python-engineio makes it.
     assert 'socket.Socket(self, sid)' in inspect.getsource(engineio.Server._handle_connect)
@@ -217,6 +218,7 @@ def test_gunicorn_and_gevent_handler_hooks_that_worker_py_overrides():
     has(PyWSGIHandler, 'log_request')
     has(GeventWebSocketWorker, 'wsgi_handler', 'handle_exit')
     has(gevent.get_hub().loop, 'timer')   # transport.py: PINGs from a loop timer
+    has(gevent.get_hub().loop, 'idle')   # transport.py: long-poll answers in a lull
     # worker.py: RequestHeaders replaces pywsgi's MessageClass; what is used of it.
     assert 'self.MessageClass(self.rfile, 0)' in inspect.getsource(pywsgi.WSGIHandler.read_request)
     used = set(re.findall(r'self\.headers\.(\w+)', inspect.getsource(pywsgi.WSGIHandler)))

@@ -181,3 +181,27 @@ def test_a_long_polling_session_upgrades_to_websocket(server):
         assert polling.status_code == 400   # HTTP requests of an upgraded session
     finally:
         connection.close()
+
+
+def test_a_long_poll_answer_waits_for_a_lull_of_the_worker_but_no_longer_than_its_bound():
+    # transport.Lull: a long-poll answer goes out when the event loop has nothing else
+    # pending, so that a busy worker sends what arrived meanwhile in one answer.
+    import gevent
+
+    from notification_socketio.transport import Lull
+    lull = Lull()
+    assert gevent.spawn(lull.wait, 30).get(timeout=30) is True   # idle: the lull, not 30 s
+    assert lull.waiting == [] and not lull.watcher.active
+    spinning = [True]
+
+    def busy():   # a greenlet always ready to run: no loop turn without something pending
+        while spinning[0]:
+            gevent.sleep(0)
+    spinner = gevent.spawn(busy)
+    try:
+        assert gevent.spawn(lull.wait, 0.05).get(timeout=30) is False   # the bound, no lull
+        assert lull.waiting == []
+    finally:
+        spinning[0] = False
+        spinner.join(timeout=30)
+    assert gevent.spawn(lull.wait, 30).get(timeout=30) is True
