@@ -135,13 +135,18 @@ class EngineIOFront:
             return 'Invalid method: Engine.IO takes GET and POST'
         if environ.get('REQUEST_METHOD') == 'OPTIONS':
             return None
-        query = parse_qs(environ.get('QUERY_STRING', ''))
-        if 'transport' not in query:
+        query = environ.get('QUERY_STRING', '')
+        if '%' in query or '+' in query:   # names to decode: as python-engineio reads them
+            given = 'transport' in parse_qs(query)
+        else:   # every poll: without parsing the whole query
+            given = _TRANSPORT.search(query) is not None
+        if not given:
             return 'Invalid transport: the transport query parameter is required'
         return None
 
 
 _ENGINEIO3 = re.compile(r'(^|&)EIO=3(&|$)')
+_TRANSPORT = re.compile(r'(?:^|&)transport=[^&]')   # given, and not blank
 _SEPARATOR = '\x1e'
 _NON_ASCII = re.compile(r'[^\x00-\x7f]')
 

@@ -93,3 +93,17 @@ def test_the_docker_image_and_the_tests_take_the_client_version_the_server_names
     assert f'socket.io-client@{CLIENT_VERSION}' in (ROOT / 'Dockerfile').read_text()
     package = json.loads((ROOT / 'tests' / 'js' / 'package.json').read_text())
     assert package['dependencies']['socket.io-client'] == CLIENT_VERSION
+
+
+@pytest.mark.parametrize('query', [
+    'EIO=4&transport=polling', 'transport=websocket', 'EIO=4', 'EIO=4&transport=',
+    'EIO=4&transport=&t=1', 'xtransport=polling', 'EIO=4&transport=polling&sid=a',
+    'transp%6Frt=polling', 'transport=%20', 'trans+port=polling', 'transport=+',
+    'a=1&&transport=x', 'transport', 'transport=polling;x=1', '',
+])
+def test_the_transport_check_reads_the_query_as_python_engineio_does(query):
+    from urllib.parse import parse_qs
+
+    from notification_socketio.engineio_front import EngineIOFront
+    refused = EngineIOFront._refusal({'REQUEST_METHOD': 'GET', 'QUERY_STRING': query})
+    assert (refused is None) == ('transport' in parse_qs(query)), query

@@ -56,7 +56,8 @@ def test_a_websocket_session_opens_with_the_exact_heartbeat(server):
 
 @pytest.mark.parametrize('method, query', [
     ('GET', 'transport=polling'), ('GET', 'EIO=abc&transport=polling'),
-    ('GET', 'EIO=4'), ('GET', 'EIO=4&transport=abc'),
+    ('GET', 'EIO=4'), ('GET', 'EIO=4&transport=abc'), ('GET', 'EIO=4&transport='),
+    ('GET', 'EIO=4&transport=&x=polling'), ('GET', 'EIO=4&xtransport=polling'),
     ('POST', 'EIO=4&transport=polling'), ('PUT', 'EIO=4&transport=polling'),
     ('DELETE', 'EIO=4&transport=polling'),
 ])
