@@ -39,9 +39,13 @@ bodies = st.one_of(
 )
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture
 def world():
-    """One app, a victim holding a registration, and an attacker's socket."""
+    """One app, a victim holding a registration, and an attacker's socket.
+
+    One per test, shared by its examples: a registration that one test's fuzzed REST calls
+    made (`%76ictim`, say) is one that another test's attacker may rightly claim.
+    """
     app = create_app(Config.for_testing(auth_tokens=(TOKEN,), max_register_failures=10 ** 9))
     rest = app.test_client()
     socketio = app.extensions['notification_socketio'].socketio
