@@ -252,6 +252,7 @@ class DirectSocket(eio_socket.Socket):
     backlog_bytes = 0
     shut = False         # shutdown() once the backlog is out
     ping_timer = None
+    forget_timer = None   # long-polling: leaves python-engineio's sockets after closing
     ping_again = False   # PING again as soon as the PING under way is answered
     queued_bytes = 0     # on long-polling: what waits in the queue
     overflowed = False
@@ -416,6 +417,10 @@ class DirectSocket(eio_socket.Socket):
             if self.closed or self.closing:
                 return None
             super().close(wait=False, abort=abort, reason=reason)
+            # Forgotten once the client had time to poll the CLOSE packet (python-engineio
+            # forgets it at once when it does).
+            self.forget_timer = gevent.get_hub().loop.timer(self.server.ping_timeout)
+            self.forget_timer.start(self._forget)
             if wait:
                 self.queue.join(timeout=min(5.0, self.server.ping_timeout))
             return None
@@ -425,6 +430,7 @@ class DirectSocket(eio_socket.Socket):
         self.server._trigger_event('disconnect', self.sid,
                                    reason or self.server.reason.SERVER_DISCONNECT,
                                    run_async=False)
+        self._forget()
         if abort:   # dropped: no close packet, so that the client reconnects
             self.backlog = None
             self.closed = self.shut = True
@@ -498,6 +504,24 @@ class DirectSocket(eio_socket.Socket):
         if not self.closing and not self.closed:
             self.last_ping = time.time()
             self.send(eio_packet.Packet(eio_packet.PING))
+            # Its PONG is due within ping_timeout (python-engineio's client-monitor task,
+            # which looked for missed ones, is off: create_app).
+            if self.ping_timer is not None:
+                self.ping_timer.close()
+            self.ping_timer = gevent.get_hub().loop.timer(self.server.ping_timeout)
+            self.ping_timer.start(gevent.spawn, self._pong_missed)
+
+    def _pong_missed(self):
+        if self.last_ping and not self.closing and not self.closed:
+            self.close(wait=False, abort=False, reason=self.server.reason.PING_TIMEOUT)
+
+    def _forget(self):
+        """Leave python-engineio's sockets (its client-monitor task did it; it is off)."""
+        if self.forget_timer is not None:
+            self.forget_timer.close()
+            self.forget_timer = None
+        if self.server.sockets.get(self.sid) is self:
+            del self.server.sockets[self.sid]
 
     def _websocket_handler(self, ws):
         """python-engineio's handler, writing directly once the upgrade is done."""

@@ -50,6 +50,9 @@ def test_python_engineio_socket_as_transport_extends_it():
         'get_queue_empty_exception',
         '_cors_allowed_origins')   # worker.py: the origin rule, before the handshake
     has(eio.reason, 'TRANSPORT_ERROR', 'TRANSPORT_CLOSE', 'SERVER_DISCONNECT', 'PING_TIMEOUT')
+    # monitor_clients=False reached python-engineio: no client-monitor task, whose two jobs
+    # (missed PONGs, forgetting closed sockets) transport.py does on timers.
+    assert eio.start_service_task is False
     # engineio_front.py translates Engine.IO 4 long-polling payloads: packets joined by
     # a record separator.
     from engineio import payload

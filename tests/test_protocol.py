@@ -104,6 +104,27 @@ def test_websocket_pings_and_times_out_without_pongs(server):
         connection.close()
 
 
+def test_sessions_that_ended_or_went_silent_are_forgotten(start_server):
+    # python-engineio's client-monitor task is off (a wake-up per socket per heartbeat);
+    # each socket forgets itself when it closes, and a silent one is timed out by its own
+    # timer. With a heartbeat of 1 s / 1 s, every session below is gone well within 20 s.
+    server = start_server({'PING_INTERVAL': '1', 'PING_TIMEOUT': '1'})
+    closed = ws(server)
+    handshake(closed.recv())
+    silent = ws(server)   # reads nothing, answers no PING
+    handshake(silent.recv())
+    polling = handshake(requests.get(server.url + '/socket.io/?EIO=4&transport=polling',
+                                     timeout=10).text)   # never polls again
+    assert polling['sid']
+    wait_for(lambda: server.metric('nsio_sockets_connected') == 3, message='three sessions')
+    closed.close()
+    try:
+        wait_for(lambda: server.metric('nsio_sockets_connected') == 0, timeout=20,
+                 message='every session forgotten')
+    finally:
+        silent.close()
+
+
 def test_websocket_pings_once_per_interval_however_fast_the_client_answers(server):
     # Each PONG schedules the next PING one interval later, not at once: a heartbeat
     # per interval per session, whatever the number of sessions.
