@@ -7,7 +7,9 @@
 Each server (ours: the real `gunicorn wsgi:app`; the peer: `node bench/peer/server.js`) is
 pinned to core 0 and the load generator (`node bench/load.js`) to core 1. Every scenario
 runs on a fresh server, ours then the peer's, round after round (A B A B ...); the table
-gives the median of each figure and the ratio ours/peer. Needs `npm install` in bench/
+gives the median of each figure and the ratio ours/peer. Beside each rate: the
+generator's CPU share (a rate whose generator was at 90% of its core or more is a floor,
+and its ratio says so) and the server's. Needs `npm install` in bench/
 (the command does it when node_modules is missing). `--webhook` runs ours with
 WEBHOOK_URL set, to a receiver in this process that answers 204 (presence events flow).
 `--redis` starts a redis-server on a free port and gives both servers REDIS_URL: ours

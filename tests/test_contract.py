@@ -222,6 +222,9 @@ def test_gunicorn_and_gevent_handler_hooks_that_worker_py_overrides():
     has(GeventWebSocketWorker, 'wsgi_handler', 'handle_exit')
     has(gevent.get_hub().loop, 'timer')   # transport.py: PINGs from a loop timer
     has(gevent.get_hub().loop, 'idle')   # transport.py: long-poll answers in a lull
+    # gunicorn_conf.py: the logging HOWTO's switches for lean records.
+    has(logging, '_srcfile', 'logThreads', 'logMultiprocessing')
+    assert 'if _srcfile:' in inspect.getsource(logging.Logger._log)
     # worker.py: RequestHeaders replaces pywsgi's MessageClass; what is used of it.
     assert 'self.MessageClass(self.rfile, 0)' in inspect.getsource(pywsgi.WSGIHandler.read_request)
     used = set(re.findall(r'self\.headers\.(\w+)', inspect.getsource(pywsgi.WSGIHandler)))
@@ -327,6 +330,7 @@ def test_the_real_server_runs_every_fast_path(start_server, listeners):
     assert ('fast paths on: direct WebSocket writes, timer PINGs, fast push and register '
             'routes, orjson') in log
     assert 'fast paths on: gunicorn handler' in log
+    assert 'log records without thread or caller lookups' in log
     assert 'fast path OFF' not in log
     assert TOKEN not in log
 
