@@ -504,6 +504,8 @@ class DirectSocket(eio_socket.Socket):
         if not self.closing and not self.closed:
             self.last_ping = time.time()
             self.send(eio_packet.Packet(eio_packet.PING))
+            if self.closing or self.closed:   # the send found it gone
+                return
             # Its PONG is due within ping_timeout (python-engineio's client-monitor task,
             # which looked for missed ones, is off: create_app).
             if self.ping_timer is not None:
