@@ -466,12 +466,7 @@ class DirectSocket(eio_socket.Socket):
                 self.ping_again = False
                 self._ping()
                 return
-            # A new timer each time: libev restarts a fired one-shot timer at once (it
-            # keeps no interval), which PINGed again right after every PONG.
-            if self.ping_timer is not None:
-                self.ping_timer.close()
-            self.ping_timer = gevent.get_hub().loop.timer(self.server.ping_interval)
-            self.ping_timer.start(gevent.spawn, self._ping)
+            self._arm(self.server.ping_interval, self._ping)
 
     def ping_soon(self):
         """PING now, behind what was sent: its PONG acknowledges it within a round trip.
@@ -491,11 +486,7 @@ class DirectSocket(eio_socket.Socket):
 
     def _expect_client_ping(self):
         """Engine.IO 3: the client PINGs; one that does not for a heartbeat is gone."""
-        if self.ping_timer is not None:
-            self.ping_timer.close()
-        self.ping_timer = gevent.get_hub().loop.timer(
-            self.server.ping_interval + self.server.ping_timeout)
-        self.ping_timer.start(gevent.spawn, self._client_gone)
+        self._arm(self.server.ping_interval + self.server.ping_timeout, self._client_gone)
 
     def _client_gone(self):
         self.close(wait=False, abort=True, reason=self.server.reason.PING_TIMEOUT)
@@ -508,10 +499,18 @@ class DirectSocket(eio_socket.Socket):
                 return
             # Its PONG is due within ping_timeout (python-engineio's client-monitor task,
             # which looked for missed ones, is off: create_app).
-            if self.ping_timer is not None:
-                self.ping_timer.close()
-            self.ping_timer = gevent.get_hub().loop.timer(self.server.ping_timeout)
-            self.ping_timer.start(gevent.spawn, self._pong_missed)
+            self._arm(self.server.ping_timeout, self._pong_missed)
+
+    def _arm(self, seconds, callback):
+        """The socket's one heartbeat timer: `callback` in a greenlet, `seconds` from now.
+
+        A new timer each time: libev restarts a fired one-shot timer at once (it keeps no
+        interval), which PINGed again right after every PONG.
+        """
+        if self.ping_timer is not None:
+            self.ping_timer.close()
+        self.ping_timer = gevent.get_hub().loop.timer(seconds)
+        self.ping_timer.start(gevent.spawn, callback)
 
     def _pong_missed(self):
         if self.last_ping and not self.closing and not self.closed:
