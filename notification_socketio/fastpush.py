@@ -71,12 +71,12 @@ class FastPush:
         """(status, headers, body) of a plain registration, or None to let Flask answer."""
         query = environ.get('QUERY_STRING', '')
         connection_id = query[len(_CONNECTION_ID):]
-        if not query.startswith(_CONNECTION_ID) or '/' in user_id or \
-                not _TO_DECODE.isdisjoint(connection_id) or not token_matches(
-                    environ.get('HTTP_X_AUTH_TOKEN', ''), self.tokens):
+        if not query.startswith(_CONNECTION_ID) or not _TO_DECODE.isdisjoint(connection_id):
+            return None
+        user_id = self._user(environ, user_id)
+        if user_id is None:
             return None
         try:
-            user_id = check_id(user_id.encode('latin-1').decode('utf-8'), 'userId')
             connection_id = check_id(connection_id, 'connectionId')
         except ValueError:   # InvalidInput included
             return None
@@ -96,6 +96,20 @@ class FastPush:
         api_log.info('registered connection %s for user %s', redact(connection_id), user_id)
         return '200 OK', _HEADERS, self.registered
 
+    def _user(self, environ, user_id):
+        """The checked userId of a request with a valid token, or None to let Flask answer.
+
+        `user_id` is as it stands in PATH_INFO; one with a slash is Flask's to route.
+        """
+        if '/' in user_id or not token_matches(environ.get('HTTP_X_AUTH_TOKEN', ''),
+                                               self.tokens):
+            return None
+        try:
+            return check_id(user_id.encode('latin-1').decode('utf-8'),   # as werkzeug does
+                            'userId')
+        except ValueError:   # InvalidInput included
+            return None
+
     @staticmethod
     def _error(status, message):
         return (f'{status} {http.HTTPStatus(status).phrase}', _HEADERS,
@@ -114,8 +128,7 @@ class FastPush:
             if status != 409:
                 log.warning('POST %s: %s', environ.get('PATH_INFO'), error)
             self.metrics.pushes.labels(self.route, outcome_of(status)).inc()
-            return (f'{status} {http.HTTPStatus(status).phrase}', _HEADERS,
-                    errors.error_body(message))
+            return self._error(status, message)
         except Exception:
             log.exception('unexpected error on POST %s', environ.get('PATH_INFO'))
             self.failed.inc()
@@ -129,14 +142,14 @@ class FastPush:
     def _read(self, environ, user_id):
         """(targets, message, idempotency) of a plain push, or None to let Flask answer."""
         content_type = environ.get('CONTENT_TYPE', '').split(';', 1)[0].strip().lower()
-        if '/' in user_id or content_type != 'application/json' or not token_matches(
-                environ.get('HTTP_X_AUTH_TOKEN', ''), self.tokens):
+        if content_type != 'application/json':
+            return None
+        user_id = self._user(environ, user_id)
+        if user_id is None:
             return None
         try:
             length = int(environ.get('CONTENT_LENGTH') or 0)
-            user_id = check_id(user_id.encode('latin-1').decode('utf-8'),   # as werkzeug does
-                               'userId')
-        except ValueError:   # InvalidInput included
+        except ValueError:
             return None
         if not 0 < length <= self.max_bytes:
             return None
