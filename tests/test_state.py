@@ -1,4 +1,6 @@
 """The state interface: every backend passes the same tests."""
+import subprocess
+import sys
 import time
 
 import pytest
@@ -426,3 +428,45 @@ def test_a_push_to_a_redis_that_does_not_answer_is_sent_once(redis_server, proxi
         assert admin.xlen(state.keys.history('u1')) == 2
     assert [entry.message for entry in state.history('u1')] == ['before', 'maybe']
     state.close()
+
+
+# Under gevent, as the server runs: every push of a process goes on one connection.
+_ONE_TURN = """
+import sys
+from gevent import monkey
+monkey.patch_all()
+import gevent
+import redis
+from notification_socketio.config import Config
+from notification_socketio.state.redis import RedisState
+
+class Counting(redis.Connection):
+    sends = 0
+
+    def send_packed_command(self, command, check_health=True):
+        Counting.sends += 1
+        super().send_packed_command(command, check_health)
+
+state = RedisState(Config.for_testing(redis_url=sys.argv[1]))
+state._node().connection_pool.connection_class = Counting
+state.register('u1', 'c1')
+state.append(['u1'], 'first')   # Redis knows the script from here on
+before = Counting.sends
+pushes = [gevent.spawn(state.append, ['u1'], n) for n in range(20)]
+gevent.joinall(pushes, raise_error=True)
+print(Counting.sends - before)
+print(' '.join(push.value.entries[0].message_id for push in pushes))
+print(' '.join(str(entry.message) for entry in state.history('u1')))
+"""
+
+
+def test_pushes_made_in_one_turn_of_the_event_loop_reach_redis_in_one_write(redis_server):
+    result = subprocess.run([sys.executable, '-c', _ONE_TURN, redis_server.url],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    writes, ids, history = result.stdout.splitlines()
+    assert int(writes) == 1
+    ids = ids.split()
+    # Answered each its own id, in the order they were made.
+    assert sorted(ids, key=parse_message_id) == ids and len(set(ids)) == 20
+    assert history.split() == ['first', *map(str, range(20))]

@@ -433,34 +433,38 @@ return {redis.call('XRANGE', KEYS[1], start, '+'), redis.call('XRANGE', KEYS[2],
 class PushChannel:
     """One connection that every push of this process is pipelined on (under gevent).
 
-    A push is written as soon as it is made and its greenlet waits for its own answer;
-    one reader greenlet reads the answers, in the order the pushes were written, while
-    any are awaited. Concurrent pushes share the connection and its round trips instead
-    of taking turns with a pooled connection each (a checkout that polls the socket, a
-    write and a read per push). Nothing is retried: a push whose answer does not come
-    within REDIS_TIMEOUT, or whose connection breaks, is OutcomeUnknown, like every push
-    written on that connection that still waits; the next push opens a new one.
+    A push is packed as soon as it is made and its greenlet waits for its own answer. A
+    writer greenlet sends what the pushes of one turn of the event loop packed in one
+    write (it wakes after the greenlets made ready in that turn have run), and a reader
+    greenlet reads the answers, in the order the pushes were packed, while any are
+    awaited. Concurrent pushes share the connection, its writes and its round trips,
+    instead of taking turns with a pooled connection each (a checkout that polls the
+    socket, a write and a read per push). Nothing is retried: a push whose answer does not
+    come within REDIS_TIMEOUT, or whose connection breaks, is OutcomeUnknown, like every
+    push packed on that connection that still waits; the next push opens a new one.
     """
 
     class _Line:
-        __slots__ = ('pool', 'connection', 'waiting', 'reader')
+        __slots__ = ('pool', 'connection', 'waiting', 'packed', 'wake', 'reader')
 
         def __init__(self, pool, connection):
             self.pool = pool
             self.connection = connection
-            self.waiting = collections.deque()   # an AsyncResult per push written
+            self.waiting = collections.deque()   # an AsyncResult per push packed
+            self.packed = []   # the pushes packed since the last write
+            self.wake = gevent.event.Event()   # set when `packed` has something
             self.reader = None
 
     def __init__(self, state):
         self.state = state
         self.line = None
-        self.sending = gevent.lock.Semaphore()
+        self.opening = gevent.lock.Semaphore()
 
     def call(self, command, script, keys, args):
         """EVALSHA/EVAL's answer (or error reply); StateUnavailable (not written) or
         OutcomeUnknown."""
         answer = gevent.event.AsyncResult()
-        with self.sending:
+        with self.opening:   # one connection at a time (connecting may block)
             line = self.line
             if line is not None and not line.waiting and self._gone(line):
                 # Closed while idle (Redis restarted, say): a push written on it would be
@@ -475,16 +479,32 @@ class PushChannel:
                     self.state._failed()
                     raise _failure(error, maybe_made=False) from error
                 line = self.line = self._Line(pool, connection)
-            try:
-                line.connection.send_command(command, script, len(keys), *keys, *args,
-                                             check_health=False)
-            except (redis.RedisError, OSError) as error:
-                self._lost(line, error)   # part of it may have gone out: unknown
-                raise OutcomeUnknown(f'Redis: {error}') from error
-            line.waiting.append(answer)
-            if line.reader is None:
-                line.reader = gevent.spawn(self._read, line)
+                gevent.spawn(self._write, line)
+        # From here to the wait nothing yields: the line cannot close in between.
+        line.packed.extend(line.connection.pack_command(command, script, len(keys),
+                                                        *keys, *args))
+        line.waiting.append(answer)
+        line.wake.set()
+        if line.reader is None:
+            line.reader = gevent.spawn(self._read, line)
         return answer.get()
+
+    def _write(self, line):
+        """Send what was packed, one write per turn of the event loop, while the line
+        lives. A failed write fails every push waiting on the line: part of it may have
+        gone out."""
+        while True:
+            line.wake.wait()
+            line.wake.clear()
+            if line.pool is None:
+                return
+            packed = b''.join(line.packed)
+            line.packed.clear()
+            try:
+                line.connection.send_packed_command([packed], check_health=False)
+            except (redis.RedisError, OSError) as error:
+                self._lost(line, error)
+                return
 
     @staticmethod
     def _gone(line):
@@ -525,6 +545,7 @@ class PushChannel:
         if self.line is line:
             self.line = None
         pool, line.pool = line.pool, None
+        line.wake.set()   # the writer ends
         if pool is not None:
             line.connection.disconnect()
             pool.release(line.connection)
