@@ -534,6 +534,8 @@ class PushChannel:
 
     def _lost(self, line, error):
         """The line broke or timed out: every push still waiting on it is unknown."""
+        if line.pool is None and not line.waiting:
+            return   # its reader and its writer can both find it broken: told once
         self._close(line)
         failure = _failure(error)
         while line.waiting:
