@@ -227,3 +227,40 @@ def test_a_long_poll_answer_waits_for_a_lull_of_the_worker_but_no_longer_than_it
         spinning[0] = False
         spinner.join(timeout=30)
     assert gevent.spawn(lull.wait, 30).get(timeout=30) is True
+
+
+@pytest.mark.parametrize('protocol, connection, gathers', [
+    ('HTTP/1.1', None, False),
+    ('HTTP/1.1', 'keep-alive', False),
+    ('HTTP/1.1', 'close', True),
+    ('HTTP/1.1', 'Upgrade, Close', True),
+    ('HTTP/1.0', None, True),
+    ('HTTP/1.0', 'Keep-Alive', False),
+])
+def test_only_a_long_poll_on_a_connection_of_its_own_waits_for_a_lull(
+        app, monkeypatch, protocol, connection, gathers):
+    # A client that opens a connection for every poll (socket.io-client in Node does)
+    # pays a TCP handshake per answer: its answers gather what a busy worker has. A poll
+    # on a connection kept alive (a browser's) costs little: it is answered at once.
+    from notification_socketio import transport
+    waits = []
+
+    class Recording(transport.Lull):
+        def wait(self, timeout):
+            waits.append(timeout)
+            return super().wait(timeout)
+
+    monkeypatch.setattr(transport, '_LULL', Recording())
+    headers = {'Connection': connection} if connection else {}
+    client = app.test_client()
+    # The handshake's answer, the OPEN packet, has nothing to gather; the CONNECT's is
+    # a long-poll's answer.
+    opened = client.get('/socket.io/?EIO=4&transport=polling', headers=headers,
+                        environ_overrides={'SERVER_PROTOCOL': protocol})
+    sid = handshake(opened.get_data(as_text=True))['sid']
+    assert client.post(f'/socket.io/?EIO=4&transport=polling&sid={sid}',
+                       data='40').status_code == 200
+    answer = client.get(f'/socket.io/?EIO=4&transport=polling&sid={sid}', headers=headers,
+                        environ_overrides={'SERVER_PROTOCOL': protocol})
+    assert answer.get_data(as_text=True).startswith('40{"sid":')
+    assert waits == ([transport.LULL_WAIT] if gathers else [])
