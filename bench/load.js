@@ -32,12 +32,17 @@ function request(method, path, body) {
 }
 
 const sockets = [];
+// S4K: the sessions' polls on kept-alive connections, as a browser makes them (by default
+// socket.io-client in Node opens a connection for every request).
+const pollingAgent = options.keepAlive
+  ? new http.Agent({ keepAlive: true, maxSockets: Infinity }) : undefined;
 
 async function openSession(userId, connectionId, transport, onMessage) {
   await request('PUT', `/api/${userId}/register?connectionId=${connectionId}`);
   return new Promise((resolve, reject) => {
     const socket = io(options.url, { transports: [transport], forceNew: true,
-                                     reconnection: false, timeout: 30000 });
+                                     reconnection: false, timeout: 30000,
+                                     ...(pollingAgent ? { agent: pollingAgent } : {}) });
     sockets.push(socket);
     socket.on('message', onMessage);
     socket.on('connect_error', reject);
@@ -283,6 +288,7 @@ const scenarios = {
   S2: fanOut,
   S3: idleSessions,
   S4: () => pushesToManyUsers('polling'),
+  S4K: () => pushesToManyUsers('polling'),
   S5: openAndRegister,
   BATCH: batchPushes,
   SCALE: scale,

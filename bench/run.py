@@ -1,6 +1,6 @@
 """The benchmark: notification-socketio against its Node.js peer, scenario by scenario.
 
-    python bench/run.py [--rounds 3] [--scenarios S1,S2,S3,S4,S5,BATCH,SCALE] [--webhook]
+    python bench/run.py [--rounds 3] [--scenarios S1,S2,S3,S4,S4K,S5,BATCH,SCALE] [--webhook]
     python bench/run.py --redis [--scenarios S1,S2,BATCH] [--processes 2]
     python bench/run.py --scenarios POLL
 
@@ -26,6 +26,9 @@ like the original, has no broadcast) and S1's pushes while they stay open. It wr
 bench/scale.png (matplotlib: `pip install matplotlib`). A size above what the machine's
 file-descriptor limit allows one process (the hard `ulimit -n`, less 1,000) is run at that
 limit instead, and the table says so.
+
+S4K is S4 with each session's polls on kept-alive connections, as a browser makes them;
+socket.io-client in Node (S4) opens a TCP connection for every request.
 
 POLL (part of the default run) keeps 2,000 long-polling sessions open: the worker's CPU
 per completed poll and its share of a core, idle for 10 s, then under S4's pushes.
@@ -55,6 +58,7 @@ SCENARIOS = {
     'S2': {'sessions': 2000, 'pushes': 20},
     'S3': {'sessions': 2000},
     'S4': {'users': 200, 'pushes': 5000, 'inFlight': 32},
+    'S4K': {'users': 200, 'pushes': 5000, 'inFlight': 32, 'keepAlive': True},
     'S5': {'sessions': 1000, 'batch': 50},
     'BATCH': {'users': 200, 'pushes': 20000, 'perRequest': 100, 'inFlight': 4},
 }
@@ -63,6 +67,7 @@ DESCRIPTIONS = {
     'S2': '1 user x 2,000 WebSockets, pushes one at a time',
     'S3': '2,000 registered idle WebSockets: memory per session',
     'S4': 'S1 over long-polling, 5,000 pushes',
+    'S4K': 'S4, polls on kept-alive connections (as browsers poll)',
     'S5': 'open + register 1,000 WebSockets, 50 at a time',
     'BATCH': 'S1 through POST /api/push, 100 users per request',
 }
@@ -270,7 +275,7 @@ def run_scenario(name, kind, env=None):
         if pid:
             figures['server_cpu'] = ((_cpu_seconds(pid) - cpu_before)
                                      / (time.monotonic() - started))
-        if name == 'S4':
+        if name in ('S4', 'S4K'):
             figures['connections_per_push'] = ((_accepted_connections() - accepted_before)
                                                / SCENARIOS[name]['pushes'])
         return figures
@@ -485,7 +490,7 @@ def measure_memory(server, command):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--rounds', type=int, default=3)
-    parser.add_argument('--scenarios', default='S1,S2,S3,S4,S5,BATCH,SCALE,POLL')
+    parser.add_argument('--scenarios', default='S1,S2,S3,S4,S4K,S5,BATCH,SCALE,POLL')
     parser.add_argument('--scale-sizes', default=SCALE_SIZES,
                         help='sessions of each SCALE point (default %(default)s)')
     parser.add_argument('--webhook', action='store_true',
