@@ -54,13 +54,14 @@ def one_round(kind, directory):
         for user in users[:ONLINE]:
             listener = conftest.Listener(server.url, 'websocket', reconnection=True)
             listeners.append(listener.follow(user, 'tab'))
-        answers, stop = [], threading.Event()   # (time, status, user, id)
+        answers, stop = [], threading.Event()   # (answered, status, user, id, sent)
 
         def push(offset):
             session = requests.Session()
             n = offset
             while not stop.is_set():
                 user = users[n % len(users)]
+                started = time.monotonic()
                 try:
                     response = session.post(
                         f'{server.url}/api/{user}/push', json={'message': n},
@@ -69,7 +70,7 @@ def one_round(kind, directory):
                     found = response.json().get('id') if status == 200 else None
                 except requests.RequestException:
                     status, found = 'error', None
-                answers.append((time.monotonic(), status, user, found))
+                answers.append((time.monotonic(), status, user, found, started))
                 n += PUSHERS
 
         pushers = [threading.Thread(target=push, args=(n,)) for n in range(PUSHERS)]
@@ -86,7 +87,7 @@ def one_round(kind, directory):
             thread.join()
 
         kept = {}
-        for _, status, user, found in answers:
+        for _, status, user, found, _ in answers:
             if status == 200:
                 kept.setdefault(user, []).append(found)
         lost = {'live': 0, 'history': 0}
@@ -99,7 +100,7 @@ def one_round(kind, directory):
             received = drain(listeners[n], expected)
             lost['live' if n < ONLINE else 'history'] += len(expected - received)
             made_unconfirmed += len(received - expected)
-        statuses = [status for _, status, _, _ in answers]
+        statuses = [status for _, status, _, _, _ in answers]
         failure = first_failure(answers, killed_at)
         back = back_after(answers, failure)
         return {'200': statuses.count(200), '503': statuses.count(503),
@@ -115,12 +116,14 @@ def one_round(kind, directory):
 
 
 def first_failure(answers, after):
-    return min((t for t, s, _, _ in answers if t > after and s != 200), default=float('inf'))
+    return min((t for t, s, *_ in answers if t > after and s != 200), default=float('inf'))
 
 
 def back_after(answers, failure):
-    """When a push first succeeded after `failure` (None: not yet)."""
-    return min((t for t, s, _, _ in answers if t > failure and s == 200), default=None)
+    """When a push made after `failure` first succeeded (None: not yet). A push made
+    before it may still be answered 200 after it: its script ran before the primary died."""
+    return min((t for t, s, _, _, started in answers if started > failure and s == 200),
+               default=None)
 
 
 def drain(listener, expected, quiet=2.0):
