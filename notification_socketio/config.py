@@ -26,6 +26,7 @@ class Config:
     auth_tokens: tuple
     port: int = 3000
     redis_url: str = None
+    redis_wait_replicas: int = 0
     cors_allowed_origins: object = '*'
     registration_ttl: int = 86400
     history_size: int = 100
@@ -65,6 +66,7 @@ class Config:
             auth_tokens=tokens,
             port=_int(env, 'PORT', 3000, low=1, high=65535),
             redis_url=_redis_url(env.get('REDIS_URL', '').strip() or None),
+            redis_wait_replicas=_int(env, 'REDIS_WAIT_REPLICAS', 0, low=0, high=100),
             cors_allowed_origins=_origins(env.get('CORS_ALLOWED_ORIGINS', '*')),
             registration_ttl=_int(env, 'REGISTRATION_TTL', 86400, low=1),
             history_size=_int(env, 'HISTORY_SIZE', 100, low=0),
@@ -88,6 +90,9 @@ class Config:
         )
 
     def __post_init__(self):
+        if self.redis_wait_replicas and not self.redis_url:
+            raise ConfigError('REDIS_WAIT_REPLICAS needs REDIS_URL: without Redis there is '
+                              'no replica to wait for')
         if self.max_socket_buffer_bytes < 2 * self.max_message_bytes:
             raise ConfigError('MAX_SOCKET_BUFFER_BYTES must be at least twice '
                               'MAX_MESSAGE_BYTES, or one message would overflow a socket')

@@ -9,7 +9,8 @@ from flask import jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from . import jsoncodec
-from .state import IdempotencyConflict, OutcomeUnknown, StateUnavailable, TooManySessions
+from .state import (IdempotencyConflict, NotReplicated, OutcomeUnknown, StateUnavailable,
+                    TooManySessions)
 from .validation import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,10 @@ STATE_FAILURES = {
                           'unknown, the push may or may not have been made. Retry with the '
                           'same Idempotency-Key to be sure; a retry without one may send '
                           'it twice'),
+    NotReplicated: (504, 'the push was made on the shared state\'s (Redis) primary, but no '
+                         'replica confirmed it in time (REDIS_WAIT_REPLICAS): a failover now '
+                         'could lose it. Retry with the same Idempotency-Key: the retry sends '
+                         'nothing twice and is answered once a replica has it'),
     IdempotencyConflict: (409, 'this Idempotency-Key was used with another request; a key '
                                'names one push, repeated with the same body'),
 }

@@ -45,7 +45,8 @@ _PUSH_FAILURES = {
     '401': _UNAUTHORIZED, '400': _INVALID, '413': _TOO_LARGE, '503': _UNAVAILABLE,
     '409': _error('The Idempotency-Key was used before with another request.'),
     '504': _error('The shared state (Redis) took the push and did not answer in time: '
-                  'the outcome is unknown. Retry with the same Idempotency-Key.'),
+                  'the outcome is unknown; or, with REDIS_WAIT_REPLICAS, no replica '
+                  'confirmed it in time. Retry with the same Idempotency-Key.'),
 }
 _OK = _json({'type': 'object', 'required': ['ok'], 'properties': {'ok': {'const': True}}},
             'Done.')

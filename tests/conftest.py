@@ -318,6 +318,23 @@ class RedisServer:
         except Exception:
             return False
 
+    def start_replica(self, directory):
+        """A redis-server of its own in `directory` replicating this one, in sync."""
+        directory.mkdir(parents=True, exist_ok=True)
+        replica = RedisServer(directory)
+        replica.follow(self)
+        return replica
+
+    def follow(self, primary):
+        """Start as a replica of `primary` and wait until it is in sync."""
+        self.start(['--replicaof', '127.0.0.1', str(primary.port)])
+        wait_for(lambda: self.info('replication').get('master_link_status') == 'up',
+                 timeout=20, message=f'the replica on port {self.port} in sync')
+
+    def info(self, section):
+        with self.client() as client:
+            return client.info(section)
+
     def stop(self, save=False):
         """Stop it; with `save`, what it holds comes back on the next start."""
         if self.process is None or self.process.poll() is not None:
@@ -406,13 +423,16 @@ class RedisClusterNodes:
 
 
 class SentinelSet:
-    """A real primary with one replica, watched by three Sentinels, all on free ports."""
+    """A real primary with one replica (or more), watched by three Sentinels, all on free
+    ports."""
 
     SERVICE = 'nsio-test'
 
-    def __init__(self, directory):
+    def __init__(self, directory, replicas=1):
         self.primary = RedisServer(directory / 'primary')
-        self.replica = RedisServer(directory / 'replica')
+        self.replicas = [RedisServer(directory / ('replica' if n == 0 else f'replica-{n}'))
+                         for n in range(replicas)]
+        self.replica = self.replicas[0]
         self.directory = directory
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.sentinels = []
@@ -420,10 +440,11 @@ class SentinelSet:
         self.url = f'redis+sentinel://{hosts}/0/{self.SERVICE}'
 
     def start(self):
-        for server_ in (self.primary, self.replica):
+        for server_ in (self.primary, *self.replicas):
             server_.directory.mkdir(parents=True, exist_ok=True)
         self.primary.start()
-        self.replica.start(['--replicaof', '127.0.0.1', str(self.primary.port)])
+        for replica in self.replicas:
+            replica.start(['--replicaof', '127.0.0.1', str(self.primary.port)])
         for port in self.sentinel_ports:
             config = self.directory / f'sentinel-{port}.conf'
             config.write_text(
@@ -453,24 +474,27 @@ class SentinelSet:
         return None
 
     def replicated(self):
-        """True once a write to the primary reaches the replica (WAIT): one that never
+        """True once a write to the primary reaches the replicas (WAIT): one that never
         synced cannot take over with the data."""
         try:
             with self.primary.client() as client:
                 client.set('probe', '1')
-                return client.execute_command('WAIT', 1, 1000) >= 1
+                return client.execute_command('WAIT', len(self.replicas), 1000) \
+                    >= len(self.replicas)
         except Exception:
             return False
 
     def server_on(self, port):
-        return next(server_ for server_ in (self.primary, self.replica) if server_.port == port)
+        return next(server_ for server_ in (self.primary, *self.replicas)
+                    if server_.port == port)
 
     def stop(self):
         for process in self.sentinels:
             process.kill()
             process.wait(timeout=10)
         self.primary.stop()
-        self.replica.stop()
+        for replica in self.replicas:
+            replica.stop()
 
 
 @pytest.fixture

@@ -52,7 +52,16 @@ def test_redis_urls_for_one_server_sentinel_and_cluster(url):
     ('REDIS_URL', 'redis+sentinel://h:26379/0'), ('REDIS_URL', 'redis+cluster://h'),
     ('REDIS_URL', 'redis+cluster://h:7000,:7001'),
     ('CORS_ALLOWED_ORIGINS', 'example.com'), ('PING_INTERVAL', '0'),
+    ('REDIS_WAIT_REPLICAS', '-1'), ('REDIS_WAIT_REPLICAS', 'one'),
 ])
 def test_wrong_values_are_refused_by_name(name, value):
     with pytest.raises(ConfigError, match=name):
         Config.from_env({'AUTH_TOKEN': 't', name: value})
+
+
+def test_waiting_for_replicas_needs_redis():
+    with pytest.raises(ConfigError, match='REDIS_WAIT_REPLICAS needs REDIS_URL'):
+        Config.from_env({'AUTH_TOKEN': 't', 'REDIS_WAIT_REPLICAS': '1'})
+    assert Config.from_env({'AUTH_TOKEN': 't', 'REDIS_URL': 'redis://h:6379/0',
+                            'REDIS_WAIT_REPLICAS': '1'}).redis_wait_replicas == 1
+    assert Config.from_env({'AUTH_TOKEN': 't'}).redis_wait_replicas == 0

@@ -8,8 +8,9 @@ from conftest import RedisClusterNodes, SentinelSet
 
 from notification_socketio.config import Config
 from notification_socketio.state import (EVERYONE, Idempotency, IdempotencyConflict,
-                                         NotRegistered, OutcomeUnknown, Sessions,
-                                         StateUnavailable, TooManySessions, parse_message_id)
+                                         NotRegistered, NotReplicated, OutcomeUnknown,
+                                         Sessions, StateUnavailable, TooManySessions,
+                                         parse_message_id)
 from notification_socketio.state.memory import MemoryState
 from notification_socketio.state.redis import RedisState
 
@@ -470,3 +471,25 @@ def test_pushes_made_in_one_turn_of_the_event_loop_reach_redis_in_one_write(redi
     # Answered each its own id, in the order they were made.
     assert sorted(ids, key=parse_message_id) == ids and len(set(ids)) == 20
     assert history.split() == ['first', *map(str, range(20))]
+
+
+def test_with_a_replica_to_wait_for_a_push_is_confirmed_on_it_or_not_replicated(
+        redis_server, tmp_path):
+    replica = redis_server.start_replica(tmp_path / 'replica')
+    state = RedisState(Config.for_testing(redis_url=redis_server.url, redis_wait_replicas=1))
+    try:
+        state.register('u1', 'c1')
+        first = state.append(['u1'], 'on both').entries[0]
+        # Answered once the replica confirmed it: a failover now would keep it.
+        with replica.client() as client:
+            assert [entry_id for entry_id, _ in client.xrange(state.keys.history('u1'))] \
+                == [first.message_id]
+        replica.stop()
+        with pytest.raises(NotReplicated):
+            state.append(['u1'], 'on the primary only')
+        # Made on the primary all the same: the live sockets have it, and the history.
+        assert [entry.message for entry in state.history('u1')] == ['on both',
+                                                                  'on the primary only']
+    finally:
+        state.close()
+        replica.stop()

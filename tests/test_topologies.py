@@ -4,6 +4,7 @@ Server processes (gunicorn, the gevent worker) on a three-node Cluster or behind
 Sentinels act as one, as on one redis-server; a failover of the primary during pushes
 loses no message the socket was told of, and no push gets an error other than 503/504.
 """
+import concurrent.futures
 import threading
 import uuid
 
@@ -138,3 +139,39 @@ def test_a_push_with_no_answer_is_still_unknown_behind_sentinels(redis_sentinel,
     finally:
         redis_sentinel.primary.process.send_signal(__import__('signal').SIGCONT)
     state.close()
+
+
+def test_with_a_replica_to_wait_for_pushes_are_answered_once_it_has_them(
+        start_server, redis_server, tmp_path):
+    # The server's own path (gevent, the pushes of a loop turn in one write, then WAIT).
+    replica = redis_server.start_replica(tmp_path / 'replica')
+    server = start_server({'REDIS_URL': redis_server.url, 'REDIS_WAIT_REPLICAS': '1'})
+    try:
+        assert server.register('u1', 'c1').status_code == 200
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            ids = list(pool.map(lambda n: server.pushed('u1', n), range(32)))
+        with replica.client() as client:
+            assert {entry_id for entry_id, _ in client.xrange('nsio:history:u1')} == set(ids)
+
+        replica.stop()
+        plain = server.push('u1', 'no key')   # no key: answered before Flask
+        assert plain.status_code == 504, plain.text
+        assert 'no replica confirmed it' in plain.json()['error']
+        headers = {'X-AUTH-TOKEN': TOKEN, 'Idempotency-Key': 'push-1'}
+        push = {'url': f'{server.url}/api/u1/push', 'json': {'message': 'wanted'},
+                'headers': headers, 'timeout': 30}
+        response = requests.post(**push)
+        assert response.status_code == 504, response.text
+        assert 'no replica confirmed it' in response.json()['error']
+        with redis_server.client() as admin:
+            assert admin.xlen('nsio:history:u1') == 34   # both made on the primary
+
+        replica.follow(redis_server)
+        again = requests.post(**push)   # the same key: nothing sent twice
+        assert again.status_code == 200, again.text
+        with replica.client() as client:
+            assert client.xlen('nsio:history:u1') == 34
+            assert [entry_id for entry_id, _ in client.xrange('nsio:history:u1')][-1] \
+                == again.json()['id']
+    finally:
+        replica.stop()

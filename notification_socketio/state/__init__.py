@@ -1,7 +1,7 @@
 """State backends, picked by REDIS_URL like python-socketio picks its client manager."""
 from .base import (EVERYONE, Appended, Claim, Entry, Idempotency, IdempotencyConflict,
-                   MessageStatus, NotRegistered, OutcomeUnknown, Revoked, Sessions, State,
-                   StateUnavailable, TooManySessions, parse_message_id)
+                   MessageStatus, NotRegistered, NotReplicated, OutcomeUnknown, Revoked,
+                   Sessions, State, StateUnavailable, TooManySessions, parse_message_id)
 
 
 def create_state(config):
@@ -14,5 +14,5 @@ def create_state(config):
 
 
 __all__ = ['EVERYONE', 'Appended', 'Claim', 'Entry', 'Idempotency', 'IdempotencyConflict',
-           'MessageStatus', 'NotRegistered', 'OutcomeUnknown', 'Revoked', 'Sessions', 'State',
-           'StateUnavailable', 'TooManySessions', 'create_state', 'parse_message_id']
+           'MessageStatus', 'NotRegistered', 'NotReplicated', 'OutcomeUnknown', 'Revoked',
+           'Sessions', 'State', 'StateUnavailable', 'TooManySessions', 'create_state', 'parse_message_id']

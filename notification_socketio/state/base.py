@@ -77,6 +77,11 @@ class OutcomeUnknown(Exception):
     """The shared state did not answer a push in time: it may or may not have been made."""
 
 
+class NotReplicated(OutcomeUnknown):
+    """The push was made on the Redis primary, but no replica confirmed it in time
+    (REDIS_WAIT_REPLICAS): a failover could still lose it."""
+
+
 class IdempotencyConflict(Exception):
     """An Idempotency-Key came back with another request than the one it was first used for."""
 

@@ -34,8 +34,8 @@ from redis.retry import Retry
 
 from .. import jsoncodec, redisconn
 from .base import (EVERYONE, MESSAGE_RECORDS, Appended, Claim, Entry, IdempotencyConflict,
-                   MessageStatus, NotRegistered, OutcomeUnknown, Revoked, Sessions, State,
-                   StateUnavailable, TooManySessions, parse_message_id)
+                   MessageStatus, NotRegistered, NotReplicated, OutcomeUnknown, Revoked,
+                   Sessions, State, StateUnavailable, TooManySessions, parse_message_id)
 
 log = logging.getLogger(__name__)
 CHANNEL = 'notification-socketio'
@@ -43,6 +43,8 @@ CHANNEL = 'notification-socketio'
 REDIS_TIMEOUT = 3
 _KEY_FLOOR_MS = 1000   # PEXPIRE 0 would delete a stream at once
 _LEASE_MS = 30000   # a due presence check or fallback taken by one process, for this long
+#: Milliseconds a push waits for REDIS_WAIT_REPLICAS replicas to confirm it.
+REPLICA_WAIT_MS = 1000
 #: Answers to a script that Redis did not run: it was sent to a server that is no longer
 #: the primary of its keys (a failover, a Cluster slot that moved or is being failed over).
 _NOT_RUN = (redis.ReadOnlyError, redis.exceptions.AskError, redis.exceptions.TryAgainError,
@@ -442,21 +444,33 @@ class PushChannel:
     socket, a write and a read per push). Nothing is retried: a push whose answer does not
     come within REDIS_TIMEOUT, or whose connection breaks, is OutcomeUnknown, like every
     push packed on that connection that still waits; the next push opens a new one.
+
+    With REDIS_WAIT_REPLICAS, each write ends with a WAIT for that many replicas, and its
+    pushes are answered once WAIT is: NotReplicated if fewer confirmed them in time.
     """
 
     class _Line:
-        __slots__ = ('pool', 'connection', 'waiting', 'packed', 'wake', 'reader')
+        __slots__ = ('pool', 'connection', 'waiting', 'packed', 'pushes', 'held', 'wake',
+                     'reader')
 
         def __init__(self, pool, connection):
             self.pool = pool
             self.connection = connection
-            self.waiting = collections.deque()   # an AsyncResult per push packed
+            #: An AsyncResult per push packed, in order; with replicas to wait for, a
+            #: _WAITED after the pushes of each write.
+            self.waiting = collections.deque()
             self.packed = []   # the pushes packed since the last write
+            self.pushes = 0    # how many
+            self.held = []     # (answer, reply) of pushes read, whose WAIT is not yet
             self.wake = gevent.event.Event()   # set when `packed` has something
             self.reader = None
 
-    def __init__(self, state):
+    #: In `waiting`: WAIT's answer comes next, for the pushes held.
+    _WAITED = object()
+
+    def __init__(self, state, replicas=0):
         self.state = state
+        self.replicas = replicas
         self.line = None
         self.opening = gevent.lock.Semaphore()
 
@@ -483,6 +497,7 @@ class PushChannel:
         # From here to the wait nothing yields: the line cannot close in between.
         line.packed.extend(line.connection.pack_command(command, script, len(keys),
                                                         *keys, *args))
+        line.pushes += 1
         line.waiting.append(answer)
         line.wake.set()
         if line.reader is None:
@@ -498,8 +513,15 @@ class PushChannel:
             line.wake.clear()
             if line.pool is None:
                 return
+            if not line.pushes:
+                continue
+            if self.replicas:
+                line.packed.extend(line.connection.pack_command(
+                    'WAIT', self.replicas, REPLICA_WAIT_MS))
+                line.waiting.append(self._WAITED)
             packed = b''.join(line.packed)
             line.packed.clear()
+            line.pushes = 0
             try:
                 line.connection.send_packed_command([packed], check_health=False)
             except (redis.RedisError, OSError) as error:
@@ -525,10 +547,19 @@ class PushChannel:
                     self._lost(line, error)
                     return
                 answer = line.waiting.popleft()
-                if isinstance(reply, Exception):
-                    answer.set_exception(reply)
+                if answer is self._WAITED:
+                    held, line.held = line.held, []
+                    for answer, reply_ in held:
+                        if not isinstance(reply_, Exception) and not (
+                                isinstance(reply, int) and reply >= self.replicas):
+                            reply_ = NotReplicated(
+                                f'Redis: WAIT {self.replicas}: {reply!r} in '
+                                f'{REPLICA_WAIT_MS} ms')
+                        _settle(answer, reply_)
+                elif self.replicas:
+                    line.held.append((answer, reply))
                 else:
-                    answer.set(reply)
+                    _settle(answer, reply)
         finally:
             line.reader = None
 
@@ -538,8 +569,11 @@ class PushChannel:
             return   # its reader and its writer can both find it broken: told once
         self._close(line)
         failure = _failure(error)
-        while line.waiting:
-            line.waiting.popleft().set_exception(failure)
+        held, line.held = line.held, []
+        for answer in [answer for answer, _ in held] + list(line.waiting):
+            if answer is not self._WAITED:
+                answer.set_exception(failure)
+        line.waiting.clear()
         self.state._failed()
 
     def _close(self, line):
@@ -556,6 +590,13 @@ class PushChannel:
         """Open a new connection for the next push (this one reaches the wrong server)."""
         if self.line is not None:
             self._close(self.line)
+
+
+def _settle(answer, reply):
+    if isinstance(reply, Exception):
+        answer.set_exception(reply)
+    else:
+        answer.set(reply)
 
 
 def _unavailable_on_error(method):
@@ -658,8 +699,9 @@ class RedisState(State):
             ('take', _TAKE))}
         self.outbox = RedisOutbox(self)
         #: Pushes pipelined on one connection: only under gevent, as the server runs.
-        self.pushes = PushChannel(self) if gevent.monkey.is_module_patched('socket') \
-            else None
+        self.wait_replicas = config.redis_wait_replicas
+        self.pushes = PushChannel(self, self.wait_replicas) \
+            if gevent.monkey.is_module_patched('socket') else None
 
     def _registration_keys(self, user_id, connection_id):
         return [self.keys.registration(user_id, connection_id), *self.keys.indexes(user_id)]
@@ -701,10 +743,17 @@ class RedisState(State):
         try:
             try:
                 connection.send_command('EVALSHA', script.sha, len(keys), *keys, *args)
-                return connection.read_response()
+                reply = connection.read_response()
             except redis.exceptions.NoScriptError:
                 connection.send_command('EVAL', script.script, len(keys), *keys, *args)
-                return connection.read_response()
+                reply = connection.read_response()
+            if self.wait_replicas:
+                connection.send_command('WAIT', self.wait_replicas, REPLICA_WAIT_MS)
+                confirmed = connection.read_response()
+                if confirmed < self.wait_replicas:
+                    raise NotReplicated(f'Redis: WAIT {self.wait_replicas}: {confirmed} in '
+                                        f'{REPLICA_WAIT_MS} ms')
+            return reply
         except (*_NOT_RUN, redis.ConnectionError, redis.TimeoutError, OSError) as error:
             connection.disconnect()
             self._failed()
