@@ -1,16 +1,17 @@
 """Failover of the Redis primary during pushes: what is lost, what is replayed, how long.
 
-    python bench/failover.py [--topology sentinel,cluster] [--rounds 3]
+    python bench/failover.py [--topology sentinel,cluster] [--rounds 3] [--wait-replicas 1]
 
 Per round: a fresh topology (`sentinel`: a primary, its replica and three Sentinels;
-`cluster`: three primaries with a replica each), one server process (gunicorn, the gevent
-worker) on it, 20 users with a live WebSocket each and 20 registered users with none
+`cluster`: three primaries with a replica each; with `--wait-replicas N`, the server runs
+with REDIS_WAIT_REPLICAS=N and each primary has N + 1 replicas, so that N are left to
+confirm pushes after the failover), one server process (gunicorn, the gevent worker) on it, 20 users with a live WebSocket each and 20 registered users with none
 ("away"). Four threads push round-robin to all 40 users; 3 s in, the primary holding the
 state is killed (SIGKILL); pushing goes on until 3 s after pushes succeed again. Then the
 away users connect and claim their registrations: what they get is the history's replay.
 
 Printed per topology (medians over rounds): pushes answered 200 / 503 / 504, the outage
-(from the first failed push to the first that succeeded after it), messages answered 200
+(from the first failed push to the first sent after it that succeeded), messages answered 200
 that a live socket never received, messages answered 200 that an away user's replay
 lacked (lost with the primary: written there, not yet on the replica), and the messages
 received that no 200 answered for (504s that had been made, or 503s that had not).
@@ -34,17 +35,19 @@ ONLINE = AWAY = 20
 PUSHERS = 4
 
 
-def start_topology(kind, directory):
+def start_topology(kind, directory, replicas):
     if kind == 'sentinel':
-        topology = conftest.SentinelSet(directory).start()
+        topology = conftest.SentinelSet(directory, replicas=replicas).start()
         return topology, lambda: topology.server_on(topology.primary_port())
-    topology = conftest.RedisClusterNodes(directory, primaries=3, replicas=1).start()
+    topology = conftest.RedisClusterNodes(directory, primaries=3, replicas=replicas).start()
     return topology, lambda: topology.primary_of('{nsio}')
 
 
-def one_round(kind, directory):
-    topology, primary = start_topology(kind, directory)
+def one_round(kind, directory, wait_replicas=0):
+    # A replica more than the pushes wait for: after the failover, one is left to confirm.
+    topology, primary = start_topology(kind, directory, wait_replicas + 1)
     server = conftest.ServerProcess(env={'REDIS_URL': topology.url,
+                                         'REDIS_WAIT_REPLICAS': str(wait_replicas),
                                          **conftest.FAST_HEARTBEAT}).start()
     listeners = []
     try:
@@ -146,13 +149,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--topology', default='sentinel,cluster')
     parser.add_argument('--rounds', type=int, default=3)
+    parser.add_argument('--wait-replicas', type=int, default=0,
+                        help='REDIS_WAIT_REPLICAS for the server (the topology gets one '
+                             'replica more per primary)')
     args = parser.parse_args()
     import tempfile
     rows = {}
     for kind in args.topology.split(','):
         for n in range(args.rounds):
             with tempfile.TemporaryDirectory() as directory:
-                figures = one_round(kind, Path(directory))
+                figures = one_round(kind, Path(directory), args.wait_replicas)
             print(f'{kind} round {n + 1}: {figures}', flush=True)
             rows.setdefault(kind, []).append(figures)
     fields = ['200', '503', '504', 'other', 'outage_s', 'lost_live', 'lost_history',
