@@ -5,17 +5,18 @@
 Per round: a fresh topology (`sentinel`: a primary, its replica and three Sentinels;
 `cluster`: three primaries with a replica each; with `--wait-replicas N`, the server runs
 with REDIS_WAIT_REPLICAS=N and each primary has N + 1 replicas, so that N are left to
-confirm pushes after the failover), one server process (gunicorn, the gevent worker) on it, 20 users with a live WebSocket each and 20 registered users with none
-("away"). Four threads push round-robin to all 40 users; 3 s in, the primary holding the
-state is killed (SIGKILL); pushing goes on until 3 s after pushes succeed again. Then the
-away users connect and claim their registrations: what they get is the history's replay.
+confirm pushes after the failover), one server process (gunicorn, the gevent worker) on
+it, 20 users with a live WebSocket each and 20 registered users with none ("away"). Four
+threads push round-robin to all 40 users; 3 s in, the primary holding the state is killed
+(SIGKILL); pushing goes on until 3 s after pushes succeed again. Then the away users
+connect and claim their registrations: what they get is the history's replay.
 
 Printed per topology (medians over rounds): pushes answered 200 / 503 / 504, the outage
-(from the first failed push to the first sent after it that succeeded), messages answered 200
-that a live socket never received, messages answered 200 that an away user's replay
+(from the first failed push to the first sent after it that succeeded), messages answered
+200 that a live socket never received, messages answered 200 that an away user's replay
 lacked (lost with the primary: written there, not yet on the replica), and the messages
-received that no 200 answered for (504s that had been made, or 503s that had not).
-The topologies are the test suite's (tests/conftest.py): real redis-servers on free ports.
+received that no 200 answered for (504s that had been made, or 503s that had not). The
+topologies are the test suite's (tests/conftest.py): real redis-servers on free ports.
 """
 import argparse
 import signal

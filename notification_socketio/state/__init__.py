@@ -15,4 +15,5 @@ def create_state(config):
 
 __all__ = ['EVERYONE', 'Appended', 'Claim', 'Entry', 'Idempotency', 'IdempotencyConflict',
            'MessageStatus', 'NotRegistered', 'NotReplicated', 'OutcomeUnknown', 'Revoked',
-           'Sessions', 'State', 'StateUnavailable', 'TooManySessions', 'create_state', 'parse_message_id']
+           'Sessions', 'State', 'StateUnavailable', 'TooManySessions', 'create_state',
+           'parse_message_id']

@@ -547,15 +547,15 @@ class PushChannel:
                     self._lost(line, error)
                     return
                 answer = line.waiting.popleft()
-                if answer is self._WAITED:
+                if answer is self._WAITED:   # `reply`: how many replicas confirmed
+                    confirmed = isinstance(reply, int) and reply >= self.replicas
                     held, line.held = line.held, []
-                    for answer, reply_ in held:
-                        if not isinstance(reply_, Exception) and not (
-                                isinstance(reply, int) and reply >= self.replicas):
-                            reply_ = NotReplicated(
+                    for push, push_reply in held:
+                        if not confirmed and not isinstance(push_reply, Exception):
+                            push_reply = NotReplicated(
                                 f'Redis: WAIT {self.replicas}: {reply!r} in '
                                 f'{REPLICA_WAIT_MS} ms')
-                        _settle(answer, reply_)
+                        _settle(push, push_reply)
                 elif self.replicas:
                     line.held.append((answer, reply))
                 else:
