@@ -450,8 +450,7 @@ class PushChannel:
     """
 
     class _Line:
-        __slots__ = ('pool', 'connection', 'waiting', 'packed', 'pushes', 'held', 'wake',
-                     'reader')
+        __slots__ = ('pool', 'connection', 'waiting', 'packed', 'held', 'wake', 'reader')
 
         def __init__(self, pool, connection):
             self.pool = pool
@@ -460,7 +459,6 @@ class PushChannel:
             #: _WAITED after the pushes of each write.
             self.waiting = collections.deque()
             self.packed = []   # the pushes packed since the last write
-            self.pushes = 0    # how many
             self.held = []     # (answer, reply) of pushes read, whose WAIT is not yet
             self.wake = gevent.event.Event()   # set when `packed` has something
             self.reader = None
@@ -497,7 +495,6 @@ class PushChannel:
         # From here to the wait nothing yields: the line cannot close in between.
         line.packed.extend(line.connection.pack_command(command, script, len(keys),
                                                         *keys, *args))
-        line.pushes += 1
         line.waiting.append(answer)
         line.wake.set()
         if line.reader is None:
@@ -513,7 +510,7 @@ class PushChannel:
             line.wake.clear()
             if line.pool is None:
                 return
-            if not line.pushes:
+            if not line.packed:
                 continue
             if self.replicas:
                 line.packed.extend(line.connection.pack_command(
@@ -521,7 +518,6 @@ class PushChannel:
                 line.waiting.append(self._WAITED)
             packed = b''.join(line.packed)
             line.packed.clear()
-            line.pushes = 0
             try:
                 line.connection.send_packed_command([packed], check_health=False)
             except (redis.RedisError, OSError) as error:
