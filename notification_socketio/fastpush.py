@@ -83,9 +83,7 @@ class FastPush:
         try:
             self.server.state.register(user_id, connection_id)
         except tuple(errors.STATE_FAILURES) as error:
-            status, message = errors.STATE_FAILURES[type(error)]
-            log.warning('PUT %s: %s', environ.get('PATH_INFO'), error)
-            return self._error(status, message)
+            return self._state_failure(environ, error)[1]
         except TooManySessions:
             return self._error(429, errors.too_many_sessions(
                 self.server.config.max_sessions_per_user))
@@ -110,6 +108,15 @@ class FastPush:
         except ValueError:   # InvalidInput included
             return None
 
+    def _state_failure(self, environ, error):
+        """(status, answer) of what the state said of a call, logged as Flask's
+        handler logs it (errors.py)."""
+        status, message = errors.STATE_FAILURES[type(error)]
+        if status != 409:
+            log.warning('%s %s: %s', environ.get('REQUEST_METHOD'), environ.get('PATH_INFO'),
+                        error)
+        return status, self._error(status, message)
+
     @staticmethod
     def _error(status, message):
         return (f'{status} {http.HTTPStatus(status).phrase}', _HEADERS,
@@ -124,11 +131,9 @@ class FastPush:
                 return None
             appended = self.server.delivery.push(*request)
         except tuple(errors.STATE_FAILURES) as error:
-            status, message = errors.STATE_FAILURES[type(error)]
-            if status != 409:
-                log.warning('POST %s: %s', environ.get('PATH_INFO'), error)
+            status, answer = self._state_failure(environ, error)
             self.metrics.pushes.labels(self.route, outcome_of(status)).inc()
-            return self._error(status, message)
+            return answer
         except Exception:
             log.exception('unexpected error on POST %s', environ.get('PATH_INFO'))
             self.failed.inc()
