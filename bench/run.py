@@ -406,10 +406,8 @@ def print_poll_table(results):
             ('generator CPU (share of its core)', 'generator_cpu')]
     for name, field in rows:
         ours, peer = results['ours'].get(field), results['peer'].get(field)
-        ratio = f'{ours / peer:.2f}x' if ours is not None and peer else ''
-        if field == 'rate':
-            ratio += floor_note(results['ours'].get('generator_cpu'),
-                                results['peer'].get('generator_cpu'))
+        ratio = ratio_cell(field, ours, peer, results['ours'].get('generator_cpu'),
+                           results['peer'].get('generator_cpu'))
         print(f'| sessions open | {name} | {format_value(ours)} | {format_value(peer)} | '
               f'{ratio} |')
 
@@ -431,10 +429,9 @@ def print_scale_table(results):
         for name, field in rows:
             ours = results[(size, run_at, 'ours')].get(field)
             peer = results[(size, run_at, 'peer')].get(field)
-            ratio = f'{ours / peer:.2f}x' if ours is not None and peer else ''
-            if field == 'rate':
-                ratio += floor_note(results[(size, run_at, 'ours')].get('generator_cpu'),
-                                    results[(size, run_at, 'peer')].get('generator_cpu'))
+            ratio = ratio_cell(field, ours, peer,
+                               results[(size, run_at, 'ours')].get('generator_cpu'),
+                               results[(size, run_at, 'peer')].get('generator_cpu'))
             print(f'| {label} | {name} | {format_value(ours)} | {format_value(peer)} | '
                   f'{ratio} |')
 
@@ -587,12 +584,17 @@ def print_table(results, names):
         for label, field in rows:
             ours = median(results, (name, 'ours'), field)
             peer = median(results, (name, 'peer'), field)
-            ratio = f'{ours / peer:.2f}x' if peer else ''
-            if field == 'rate':
-                ratio += floor_note(median(results, (name, 'ours'), 'generator_cpu'),
-                                    median(results, (name, 'peer'), 'generator_cpu'))
+            ratio = ratio_cell(field, ours, peer,
+                               median(results, (name, 'ours'), 'generator_cpu'),
+                               median(results, (name, 'peer'), 'generator_cpu'))
             print(f'| {name}: {DESCRIPTIONS[name]} | {label} | {format_value(ours)} | '
                   f'{format_value(peer)} | {ratio} |')
+
+
+def ratio_cell(field, ours, peer, ours_generator, peer_generator):
+    """A row's ours/peer cell; a rate's says so when a saturated generator made it a floor."""
+    ratio = f'{ours / peer:.2f}x' if ours is not None and peer else ''
+    return ratio + floor_note(ours_generator, peer_generator) if field == 'rate' else ratio
 
 
 def floor_note(ours, peer):
