@@ -27,6 +27,7 @@ class Config:
     port: int = 3000
     redis_url: str = None
     redis_wait_replicas: int = 0
+    redis_cluster_shards: int = None   # on a Cluster: 16
     cors_allowed_origins: object = '*'
     registration_ttl: int = 86400
     history_size: int = 100
@@ -67,6 +68,7 @@ class Config:
             port=_int(env, 'PORT', 3000, low=1, high=65535),
             redis_url=_redis_url(env.get('REDIS_URL', '').strip() or None),
             redis_wait_replicas=_int(env, 'REDIS_WAIT_REPLICAS', 0, low=0, high=100),
+            redis_cluster_shards=_int(env, 'REDIS_CLUSTER_SHARDS', None, low=1, high=1024),
             cors_allowed_origins=_origins(env.get('CORS_ALLOWED_ORIGINS', '*')),
             registration_ttl=_int(env, 'REGISTRATION_TTL', 86400, low=1),
             history_size=_int(env, 'HISTORY_SIZE', 100, low=0),
@@ -93,9 +95,16 @@ class Config:
         if self.redis_wait_replicas and not self.redis_url:
             raise ConfigError('REDIS_WAIT_REPLICAS needs REDIS_URL: without Redis there is '
                               'no replica to wait for')
+        if self.redis_cluster_shards is not None and not self._on_a_cluster():
+            raise ConfigError('REDIS_CLUSTER_SHARDS applies to a Redis Cluster only '
+                              '(REDIS_URL redis+cluster://...)')
         if self.max_socket_buffer_bytes < 2 * self.max_message_bytes:
             raise ConfigError('MAX_SOCKET_BUFFER_BYTES must be at least twice '
                               'MAX_MESSAGE_BYTES, or one message would overflow a socket')
+
+    def _on_a_cluster(self):
+        from . import redisconn
+        return self.redis_url is not None and redisconn.kind(self.redis_url) == 'cluster'
 
     @classmethod
     def for_testing(cls, **overrides):

@@ -51,12 +51,13 @@ def redact(connection_id):
 class Holder:
     """What this process knows of one socket that holds a registration."""
 
-    __slots__ = ('user_id', 'connection_id', 'last_sent', 'last_key', 'replaying',
+    __slots__ = ('user_id', 'connection_id', 'shard', 'last_sent', 'last_key', 'replaying',
                  'held_back', 'history_stale', 'ping_unanswered', 'sent_before_ping')
 
-    def __init__(self, user_id, connection_id, start):
+    def __init__(self, user_id, connection_id, start, shard=0):
         self.user_id = user_id
         self.connection_id = connection_id
+        self.shard = shard   # of the state: its broadcasts are the ones with its ids
         # The newest message id sent to the socket (or where it starts), and its sort key.
         self.last_sent = start
         self.last_key = parse_message_id(start) if start else _BEFORE_ALL
@@ -121,15 +122,16 @@ class DeliveryManager(socketio.Manager):
                  'all connections' if connection_id is None
                  else 'connection ' + redact(connection_id), user_id, len(holders))
 
-    def deliver(self, target, entry, acknowledge_soon=False):
+    def deliver(self, target, entry, acknowledge_soon=False, shard=None):
         """Send an appended entry to this process's sockets of a user, or all (never blocks).
 
-        `acknowledge_soon`: the push waits to learn that it arrived (a fallback).
+        `acknowledge_soon`: the push waits to learn that it arrived (a fallback). `shard`:
+        the state's shard the entry is from; a broadcast goes to the sockets of its users.
         """
         key = parse_message_id(entry.message_id)
         encoded = None
         sent = 0
-        for sid, eio_sid in self._recipients(target):
+        for sid, eio_sid in self._recipients(target, shard):
             holder = self.holders.get(sid)
             if holder is None:
                 continue
@@ -175,9 +177,11 @@ class DeliveryManager(socketio.Manager):
             else:
                 self.rooms.pop(namespace, None)
 
-    def _recipients(self, target):
+    def _recipients(self, target, shard=None):
         if target is EVERYONE:
-            return [(sid, self.eio_sid_from_sid(sid, NAMESPACE)) for sid in self.holders]
+            return [(sid, self.eio_sid_from_sid(sid, NAMESPACE))
+                    for sid, holder in self.holders.items()
+                    if shard is None or holder.shard == shard]
         return self.get_participants(NAMESPACE, user_room(target))
 
     # The socket's side: claim a registration, let it go.
@@ -200,7 +204,8 @@ class DeliveryManager(socketio.Manager):
             if current is not None:
                 self._let_go(sid, current)
             holder = self.holders[sid] = Holder(user_id, connection_id,
-                                                since or claim.delivered_id)
+                                                since or claim.delivered_id,
+                                                self.state.shard_of(user_id))
             self.basic_enter_room(sid, NAMESPACE, user_room(user_id))
             log.info('socket claimed connection %s of user %s', redact(connection_id), user_id)
             if claim.previous_sid is not None:
@@ -270,15 +275,18 @@ class DeliveryManager(socketio.Manager):
 
     # Replays: after a claim, and after the message queue was away.
 
-    def resync(self):
+    def resync(self, shard=None):
         """Catch every local socket up with the history: the message queue was away.
 
         Call it before any message published after the queue came back is delivered:
-        from then on, live messages wait behind each socket's catch-up. Returns the
+        from then on, live messages wait behind each socket's catch-up. With `shard`, only
+        the sockets of that shard's users (its messages' queue was away). Returns the
         catch-up greenlets it started.
         """
         catch_ups = []
         for sid, holder in self.holders.items():
+            if shard is not None and holder.shard != shard:
+                continue
             if holder.replaying:
                 holder.history_stale = True
             else:

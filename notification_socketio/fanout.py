@@ -1,17 +1,20 @@
-"""Fan-out across processes: python-socketio's Redis manager, listening on our channel too.
+"""Fan-out across processes: python-socketio's Redis manager, listening on our channels too.
 
-The state's append script publishes each message on its own channel (see
-`RedisState.messages_channel`) in the order of its ids; every process, the pushing one
-included, delivers it to its sockets. python-socketio's channel carries the rest
-(disconnecting a socket held on another process, say), handled by python-socketio.
+The state's append script publishes each message on its shard's channel (`Keys.channel`)
+in the order of its ids; every process, the pushing one included, delivers it to its
+sockets. python-socketio's channel carries the rest (disconnecting a socket held on
+another process, say), handled by python-socketio.
 
-Both channels are read on one subscription, through `_listen`, the override point of
-python-socketio's pub/sub managers; python-socketio's messages are published through
-`_publish`, its other one, on the state's client. So every URL the state reads (one
-server, Sentinel, Cluster: redisconn.py) works for both. Each time the subscription is
-(re)established, local sockets catch up with whatever was published while this process
-was not listening, before any newer message reaches them.
+On one server (or behind Sentinels) both channels are read on one subscription, through
+`_listen`, the override point of python-socketio's pub/sub managers; python-socketio's
+messages are published through `_publish`, its other one, on the state's client. On a
+Cluster, `_listen` reads python-socketio's channel, and each shard's channel is a shard
+channel (SPUBLISH), read by a greenlet of its own on the node that serves the shard's
+slot (SSUBSCRIBE), found again when the slot moves. Each time a subscription is
+(re)established, the local sockets it serves catch up with whatever was published while
+this process was not listening, before any newer message reaches them.
 """
+import contextlib
 import logging
 import time
 
@@ -68,7 +71,7 @@ class RedisDeliveryManager(DeliveryManager, socketio.RedisManager):
         super().__init__(state, metrics, url=url, channel=state.channel,
                          redis_options={'socket_connect_timeout': 5,
                                         'health_check_interval': 10})
-        self.messages_channel = state.messages_channel
+        self._shard_listeners = []
 
     def _publish(self, data):
         """python-socketio's messages (a disconnect, an emit), on the state's connection.
@@ -84,37 +87,84 @@ class RedisDeliveryManager(DeliveryManager, socketio.RedisManager):
 
     def _listen(self):
         """python-socketio's messages, yielded; ours, delivered. Retries quickly when lost."""
-        ours = self.messages_channel.encode()
+        shard = self.state.shards[0]
+        if self.state.cluster:
+            channels = [self.channel]
+            if not self._shard_listeners:
+                self._shard_listeners = [gevent.spawn(self._listen_to_shard, number)
+                                         for number in range(self.state.shard_count)]
+        else:
+            channels = [self.channel, shard.channel]
+        ours = shard.channel.encode()
         delay = 0.1
         while True:
-            client = pubsub = watchdog = None
             heard = [0]   # messages read, for the watchdog
             try:
-                client = redisconn.connect(self.redis_url, **self.redis_options)
-                pubsub = redisconn.subscriber(client, self.state.keys.last_id).pubsub()
-                pubsub.subscribe(self.channel, self.messages_channel)
-                watchdog = gevent.spawn(_watch, pubsub, heard)
-                for message in pubsub.listen():
-                    heard[0] += 1
-                    if message['type'] == 'message':
-                        if message['channel'] == ours:
-                            self.deliver(*decode_published(message['data']))
-                        else:
-                            yield message['data']
-                    elif message['type'] == 'subscribe' and message['data'] == 2:
-                        # Both channels: Redis now sends everything published from here on.
-                        delay = 0.1
-                        where = pubsub.connection_pool.connection_kwargs
-                        log.info('listening on the message queue (%s:%s)',
-                                 where.get('host'), where.get('port'))
-                        self.resync()
+                with self._subscription(shard, heard) as pubsub:
+                    pubsub.subscribe(*channels)
+                    for message in pubsub.listen():
+                        heard[0] += 1
+                        if message['type'] == 'message':
+                            if message['channel'] == ours:
+                                self.deliver(*decode_published(message['data']))
+                            else:
+                                yield message['data']
+                        elif message['type'] == 'subscribe' and \
+                                message['data'] == len(channels):
+                            # Every channel: Redis sends everything published from here on.
+                            delay = 0.1
+                            log.info('listening on the message queue (%s)', _address(pubsub))
+                            if not self.state.cluster:
+                                self.resync()
             except (redis.RedisError, OSError) as error:
                 log.warning('message queue lost (%s); retrying in %.1fs', error, delay)
-            finally:
-                if watchdog is not None:
-                    watchdog.kill(block=False)
-                for opened in (pubsub, client):
-                    if opened is not None:
-                        opened.close()
             time.sleep(delay)
             delay = min(delay * 2, _MAX_RETRY_DELAY)
+
+    def _listen_to_shard(self, number):
+        """Deliver a Cluster shard's messages, read where its slot is served, for ever."""
+        shard = self.state.shards[number]
+        delay = 0.1
+        while True:
+            heard = [0]
+            try:
+                with self._subscription(shard, heard) as pubsub:
+                    pubsub.ssubscribe(shard.channel)
+                    for message in pubsub.listen():
+                        heard[0] += 1
+                        if message['type'] == 'smessage':
+                            self.deliver(*decode_published(message['data']), shard=number)
+                        elif message['type'] == 'ssubscribe':
+                            delay = 0.1
+                            log.info('listening on the message queue of shard %d (%s)',
+                                     number, _address(pubsub))
+                            self.resync(shard=number)
+                        elif message['type'] == 'sunsubscribe':
+                            # The server no longer serves the slot (failover, resharding).
+                            raise redis.ConnectionError('the shard moved to another node')
+            except (redis.RedisError, OSError) as error:
+                log.warning('message queue of shard %d lost (%s); retrying in %.1fs',
+                            number, error, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, _MAX_RETRY_DELAY)
+
+    @contextlib.contextmanager
+    def _subscription(self, shard, heard):
+        """A pub/sub connection to the server of `shard`, watched (`_watch`), closed after."""
+        client = pubsub = watchdog = None
+        try:
+            client = redisconn.connect(self.redis_url, **self.redis_options)
+            pubsub = redisconn.subscriber(client, shard.last_id).pubsub()
+            watchdog = gevent.spawn(_watch, pubsub, heard)
+            yield pubsub
+        finally:
+            if watchdog is not None:
+                watchdog.kill(block=False)
+            for opened in (pubsub, client):
+                if opened is not None:
+                    opened.close()
+
+
+def _address(pubsub):
+    where = pubsub.connection_pool.connection_kwargs
+    return f'{where.get("host")}:{where.get("port")}'

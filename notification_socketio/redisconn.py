@@ -8,8 +8,9 @@
 - `redis+cluster://[user:password@]host:port[,host:port...]` (`rediss+cluster://`): a Redis
   Cluster, found from any of the nodes given.
 
-The state puts all its keys in one hash slot on a Cluster (state/redis.py says why), and
-each process subscribes on the node that serves that slot.
+On a Cluster the state is split in shards, each with its keys in one hash slot
+(state/redis.py says why), and each process subscribes to a shard's messages on the node
+that serves its slot.
 """
 from urllib.parse import unquote, urlsplit
 
@@ -94,13 +95,13 @@ def connect(url, **options):
 
 
 def subscriber(client, key):
-    """A client to SUBSCRIBE with: `client` itself, or on a Cluster the client of the
-    primary that serves `key` (the node whose scripts publish).
+    """A client to subscribe with: `client` itself, or on a Cluster the client of the
+    primary that serves `key` (the node whose scripts publish a shard's messages).
 
-    A Cluster's PUBLISH reaches every node, but a message published just before its node
-    dies may never reach the others; a subscriber on the publishing node loses its
-    connection with it instead, and its process catches up from the history on the new
-    primary (fanout.py), as on one server or behind Sentinels.
+    A shard channel's messages (SPUBLISH) reach only the nodes of its slot. A subscriber
+    on the publishing node loses its connection when that node dies, or is unsubscribed
+    when its slot moves; its process then catches up from the history on the new primary
+    (fanout.py), as on one server or behind Sentinels.
     """
     if isinstance(client, redis.cluster.RedisCluster):
         return client.get_redis_connection(client.get_node_from_key(key))

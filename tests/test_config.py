@@ -53,6 +53,7 @@ def test_redis_urls_for_one_server_sentinel_and_cluster(url):
     ('REDIS_URL', 'redis+cluster://h:7000,:7001'),
     ('CORS_ALLOWED_ORIGINS', 'example.com'), ('PING_INTERVAL', '0'),
     ('REDIS_WAIT_REPLICAS', '-1'), ('REDIS_WAIT_REPLICAS', 'one'),
+    ('REDIS_CLUSTER_SHARDS', '0'), ('REDIS_CLUSTER_SHARDS', '1025'),
 ])
 def test_wrong_values_are_refused_by_name(name, value):
     with pytest.raises(ConfigError, match=name):
@@ -65,3 +66,15 @@ def test_waiting_for_replicas_needs_redis():
     assert Config.from_env({'AUTH_TOKEN': 't', 'REDIS_URL': 'redis://h:6379/0',
                             'REDIS_WAIT_REPLICAS': '1'}).redis_wait_replicas == 1
     assert Config.from_env({'AUTH_TOKEN': 't'}).redis_wait_replicas == 0
+
+
+def test_shards_are_a_cluster_setting():
+    cluster = {'AUTH_TOKEN': 't', 'REDIS_URL': 'redis+cluster://a:7000'}
+    assert Config.from_env(cluster).redis_cluster_shards is None   # the state's default
+    assert Config.from_env({**cluster, 'REDIS_CLUSTER_SHARDS': '4'}).redis_cluster_shards == 4
+    for url in (None, 'redis://h:6379/0', 'redis+sentinel://a:26379/0/main'):
+        env = {'AUTH_TOKEN': 't', 'REDIS_CLUSTER_SHARDS': '4', **({'REDIS_URL': url} if url
+                                                                   else {})}
+        with pytest.raises(ConfigError, match='REDIS_CLUSTER_SHARDS applies to a Redis '
+                                              'Cluster only'):
+            Config.from_env(env)

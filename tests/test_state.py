@@ -4,6 +4,7 @@ import sys
 import time
 
 import pytest
+from redis.crc import key_slot
 from conftest import RedisClusterNodes, SentinelSet
 
 from notification_socketio.config import Config
@@ -12,7 +13,7 @@ from notification_socketio.state import (EVERYONE, Idempotency, IdempotencyConfl
                                          Sessions, StateUnavailable, TooManySessions,
                                          parse_message_id)
 from notification_socketio.state.memory import MemoryState
-from notification_socketio.state.redis import RedisState
+from notification_socketio.state.redis import RedisState, shard_prefixes
 
 TTL = 1.0   # seconds, for registrations and history alike
 
@@ -266,13 +267,26 @@ def test_an_unreachable_redis_is_reported_as_unavailable(redis_server):
             call()
 
 
-def test_ids_increase_across_users_and_broadcasts(state):
-    entries = state.append(['u1', 'u2', 'u3'], 'batch').entries
+def test_ids_increase_across_users_and_broadcasts_of_a_shard(state):
+    registered(state, 'u1', 'u2', 'u3')
+    targets = ['u1', 'u2', 'u3', EVERYONE, 'u1']
+    entries = state.append(targets[:3], 'batch').entries
     entries += state.append([EVERYONE], 'broadcast').entries
     entries += state.append(['u1'], 'single').entries
-    keys = [parse_message_id(entry.message_id) for entry in entries]
-    assert keys == sorted(keys) and len(set(keys)) == 5
+    by_shard = {}   # one, but on a Cluster (ids compare within a shard only)
+    for target, entry in zip(targets, entries):
+        shard = 0 if target is EVERYONE else state.shard_of(target)
+        by_shard.setdefault(shard, []).append(parse_message_id(entry.message_id))
+    for keys in by_shard.values():
+        assert keys == sorted(keys) and len(set(keys)) == len(keys)
     assert all(entry.message in ('batch', 'broadcast', 'single') for entry in entries)
+    # Whatever the shards, a user gets its messages, broadcasts included, in id order.
+    for user_id in ('u1', 'u2'):
+        history = state.history(user_id)
+        keys = [parse_message_id(entry.message_id) for entry in history]
+        assert keys == sorted(keys) and len(set(keys)) == len(keys)
+        assert [entry.message for entry in history] == \
+            ['batch', 'broadcast', 'single'][:3 if user_id == 'u1' else 2]
 
 
 def test_every_user_history_includes_the_broadcasts_in_id_order(state):
@@ -281,9 +295,15 @@ def test_every_user_history_includes_the_broadcasts_in_id_order(state):
     everyone = state.append([EVERYONE], 'for everyone').entries[0]
     theirs = state.append(['u2'], 'theirs').entries[0]
     mine_again = state.append(['u1'], 'mine again').entries[0]
-    assert state.history('u1') == [mine, everyone, mine_again]
-    assert state.history('u2') == [everyone, theirs]
-    assert state.history('u3', mine.message_id) == [everyone]
+    first, broadcast, last = state.history('u1')
+    assert (first, broadcast.message, last) == (mine, 'for everyone', mine_again)
+    assert state.history('u1', mine.message_id) == [broadcast, mine_again]
+    other_broadcast, other = state.history('u2')
+    assert (other_broadcast.message, other) == ('for everyone', theirs)
+    if state.shard_of('u2') == state.shard_of('u1'):
+        assert other_broadcast == broadcast
+    # The answer's id is the broadcast's in the first shard (the only one, but on a Cluster).
+    assert broadcast == everyone or state.shard_of('u1') != 0
 
 
 def test_sessions_count_registrations_and_the_held_ones(state):
@@ -426,7 +446,7 @@ def test_a_push_to_a_redis_that_does_not_answer_is_sent_once(redis_server, proxi
         state.append(['u1'], 'maybe')
     proxy.restore()
     with redis_server.client() as admin:
-        assert admin.xlen(state.keys.history('u1')) == 2
+        assert admin.xlen(state.keys_of('u1').history('u1')) == 2
     assert [entry.message for entry in state.history('u1')] == ['before', 'maybe']
     state.close()
 
@@ -449,7 +469,7 @@ class Counting(redis.Connection):
         super().send_packed_command(command, check_health)
 
 state = RedisState(Config.for_testing(redis_url=sys.argv[1]))
-state._node().connection_pool.connection_class = Counting
+state._node(state.shards[0]).connection_pool.connection_class = Counting
 state.register('u1', 'c1')
 state.append(['u1'], 'first')   # Redis knows the script from here on
 before = Counting.sends
@@ -482,8 +502,8 @@ def test_with_a_replica_to_wait_for_a_push_is_confirmed_on_it_or_not_replicated(
         first = state.append(['u1'], 'on both').entries[0]
         # Answered once the replica confirmed it: a failover now would keep it.
         with replica.client() as client:
-            assert [entry_id for entry_id, _ in client.xrange(state.keys.history('u1'))] \
-                == [first.message_id]
+            history = client.xrange(state.keys_of('u1').history('u1'))
+            assert [entry_id for entry_id, _ in history] == [first.message_id]
         replica.stop()
         with pytest.raises(NotReplicated):
             state.append(['u1'], 'on the primary only')
@@ -493,3 +513,74 @@ def test_with_a_replica_to_wait_for_a_push_is_confirmed_on_it_or_not_replicated(
     finally:
         state.close()
         replica.stop()
+
+
+def test_cluster_shards_spread_evenly_over_the_slots():
+    assert shard_prefixes(1) == ['{nsio}:']   # every key in one slot, as before shards
+    for count in (2, 3, 16, 1024):
+        prefixes = shard_prefixes(count)
+        assert len(set(prefixes)) == count
+        for number, prefix in enumerate(prefixes):
+            assert number * 16384 // count <= key_slot(prefix.encode()) < \
+                (number + 1) * 16384 // count
+
+
+@pytest.fixture(params=['cluster'])
+def cluster_state(request):
+    state = RedisState(Config.for_testing(redis_url=redis_url(request),
+                                          registration_ttl=TTL, history_ttl=TTL))
+    yield state
+    state.close()
+
+
+def _users_of_shards(state, *shards):
+    """A user of each shard given."""
+    return [next(f'u{n}' for n in range(100000) if state.shard_of(f'u{n}') == shard)
+            for shard in shards]
+
+
+def test_a_broadcast_reaches_every_shard_each_with_its_own_id(cluster_state):
+    state = cluster_state
+    assert state.shard_count == 16
+    users = _users_of_shards(state, *range(16))
+    registered(state, *users)
+    for user_id in users:
+        state.append([user_id], 'before')
+    answered = state.append([EVERYONE], 'everyone').entries[0]
+    for shard, user_id in enumerate(users):
+        before, broadcast = state.history(user_id)
+        assert broadcast.message == 'everyone'
+        assert parse_message_id(broadcast.message_id) > parse_message_id(before.message_id)
+        if shard == 0:
+            assert broadcast == answered   # the answer gives the first shard's id
+
+
+def test_a_push_made_in_some_shards_only_is_unknown_and_a_keyed_retry_makes_the_rest(
+        cluster_state, monkeypatch):
+    state = cluster_state
+    made, refused = _users_of_shards(state, 1, 2)
+    registered(state, made, refused)
+    key = Idempotency('key-1', 'fingerprint')
+    run_once = state._run_once
+
+    def refusing(shard, name, keys, args):
+        if shard is state.keys_of(refused):
+            raise StateUnavailable('Redis: refused (a node that is down, for the test)')
+        return run_once(shard, name, keys, args)
+    monkeypatch.setattr(state, '_run_once', refusing)
+    with pytest.raises(OutcomeUnknown, match='made in 1 of 2 shards'):
+        state.append([made, refused], 'both', key)
+    assert [entry.message for entry in state.history(made)] == ['both']
+    assert state.history(refused) == []
+    monkeypatch.setattr(state, '_run_once', lambda shard, *call: refusing(
+        state.keys_of(refused), *call))
+    with pytest.raises(StateUnavailable):   # refused by every shard: made nowhere
+        state.append([made, refused], 'neither')
+
+    monkeypatch.setattr(state, '_run_once', run_once)
+    again = state.append([made, refused], 'both', key)
+    assert not again.repeated   # made now in one shard
+    assert again.entries == [state.history(made)[0], state.history(refused)[0]]
+    assert [entry.message for entry in state.history(made)] == ['both']
+    assert [entry.message for entry in state.history(refused)] == ['both']
+    assert state.append([made, refused], 'both', key).repeated

@@ -14,7 +14,9 @@ import requests
 from conftest import FAST_HEARTBEAT, TOKEN, RedisClusterNodes, wait_for
 from notification_socketio.config import Config
 from notification_socketio.state import OutcomeUnknown, StateUnavailable
-from notification_socketio.state.redis import RedisState
+from notification_socketio.state import parse_message_id
+from notification_socketio.state.redis import (CLUSTER_SHARDS, RedisState, shard_number,
+                                               shard_prefixes)
 
 
 @pytest.fixture
@@ -35,9 +37,12 @@ def test_processes_on_a_cluster_or_behind_sentinels_act_as_one(
     on_b = listeners(b.url, 'websocket').follow(user, 'tab-1')
     on_a = listeners(a.url, 'polling').follow(user, 'tab-2')
     pushed = [server.pushed(user, f'via {n}') for n, server in enumerate((a, b, a, b))]
-    pushed.append(b.pushed_broadcast({'notice': 'to everyone'}))
+    b.pushed_broadcast({'notice': 'to everyone'})
     for tab in (on_a, on_b):
         assert tab.until_received(pushed) == pushed
+        message, meta = tab.get()   # with the id of the user's shard (on a Cluster)
+        assert message == {'notice': 'to everyone'}
+        assert parse_message_id(meta['id']) > parse_message_id(pushed[-1])
         assert tab.received_nothing(), 'a message arrived twice'
     assert a.sessions(user) == {'userId': user, 'online': 2, 'registered': 2}
 
@@ -47,12 +52,63 @@ def test_processes_on_a_cluster_or_behind_sentinels_act_as_one(
     message_id = b.pushed(user, 'only the newer socket')
     assert newer.until_received([message_id]) == [message_id]
 
-    if isinstance(topology, RedisClusterNodes):
-        with topology.client() as client:
-            keys = [key for node in client.get_primaries()
-                    for key in client.get_redis_connection(node).keys('*')]
-            assert keys and {client.keyslot(key) for key in keys} == \
-                {client.keyslot('{nsio}')}, keys
+
+def _shard(user_id):
+    """The key prefix of a user's shard on a Cluster (REDIS_CLUSTER_SHARDS unset)."""
+    return shard_prefixes(CLUSTER_SHARDS)[shard_number(user_id, CLUSTER_SHARDS)]
+
+
+def test_a_cluster_spreads_its_users_over_every_primary_in_shards(
+        redis_cluster, start_server, listeners):
+    a, b = (start_server(env={'REDIS_URL': redis_cluster.url, **FAST_HEARTBEAT})
+            for _ in range(2))
+    with redis_cluster.client() as client:
+        primaries = {node.name: node for node in client.get_primaries()}
+        users = {}   # a primary's name -> a user whose shard it serves
+        for n in range(1000):
+            users.setdefault(client.get_node_from_key(_shard(f'u{n}')).name, f'u{n}')
+        assert users.keys() == primaries.keys()
+    tabs = {}
+    for n, user_id in enumerate(users.values()):
+        assert a.register(user_id, 'tab').status_code == 200
+        server, transport = ((a, 'websocket'), (b, 'polling'), (b, 'websocket'))[n % 3]
+        tabs[user_id] = listeners(server.url, transport).follow(user_id, 'tab')
+
+    # Each user's own push, then one push to all of them (a script in each shard, at once),
+    # then a broadcast: each tab gets all three, in id order, once.
+    own = {user_id: a.pushed(user_id, 'own') for user_id in users.values()}
+    together = requests.post(f'{b.url}/api/push', json={'users': list(users.values()),
+                                                         'message': 'together'},
+                             headers={'X-AUTH-TOKEN': TOKEN, 'Idempotency-Key': 'k1'},
+                             timeout=10)
+    assert together.status_code == 200, together.text
+    ids = together.json()['ids']
+    assert a.pushed_broadcast('everyone')
+    for user_id, tab in tabs.items():
+        assert tab.until_received([own[user_id], ids[user_id]]) == \
+            [own[user_id], ids[user_id]]
+        message, meta = tab.get()
+        assert message == 'everyone'
+        assert parse_message_id(meta['id']) > parse_message_id(ids[user_id])
+        assert tab.received_nothing(), 'a message arrived twice'
+
+    # Repeated with its Idempotency-Key, on another process: the same ids, nothing sent.
+    again = requests.post(f'{a.url}/api/push', json={'users': list(users.values()),
+                                                      'message': 'together'},
+                          headers={'X-AUTH-TOKEN': TOKEN, 'Idempotency-Key': 'k1'},
+                          timeout=10)
+    assert again.status_code == 200 and again.json()['ids'] == ids
+    assert again.headers.get('Idempotent-Replayed') == 'true'
+    last = {user_id: b.pushed(user_id, 'last') for user_id in users.values()}
+    for user_id, tab in tabs.items():
+        assert tab.until_received([last[user_id]]) == [last[user_id]]
+
+    # Every primary holds keys, and every key is in a shard's slot.
+    with redis_cluster.client() as client:
+        slots = {client.keyslot(prefix) for prefix in shard_prefixes(CLUSTER_SHARDS)}
+        for node in primaries.values():
+            keys = client.get_redis_connection(node).keys('*')
+            assert keys and {client.keyslot(key) for key in keys} <= slots, keys
 
 
 @pytest.fixture(params=['cluster', 'sentinel'])
@@ -65,9 +121,9 @@ def replicated(request, tmp_path):
     return nodes
 
 
-def _primary(topology):
+def _primary(topology, user_id):
     if isinstance(topology, RedisClusterNodes):
-        return topology.primary_of('{nsio}')
+        return topology.primary_of(_shard(user_id))
     return topology.server_on(topology.primary_port())
 
 
@@ -92,7 +148,7 @@ def test_a_failover_of_the_primary_during_pushes_loses_nothing_the_socket_was_se
     pusher.start()
     try:
         wait_for(lambda: len(kept) >= 20, message='pushes before the failover')
-        _primary(replicated).stop()
+        _primary(replicated, user).stop()
         wait_for(lambda: any(status != 200 for status in statuses), timeout=30,
                  message='a push to notice the primary is gone')
         failed_at = len(statuses)

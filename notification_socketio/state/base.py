@@ -118,6 +118,14 @@ class State(abc.ABC):
     local = True
     #: Calls that failed because the backend could not be reached (a metric).
     failures = 0
+    #: How many shards the state is split in (on a Redis Cluster, more than one): message
+    #: ids are drawn from one sequence per shard, so only ids of one shard compare, and a
+    #: broadcast reaches each shard's users with that shard's own id.
+    shard_count = 1
+
+    def shard_of(self, user_id):
+        """The shard that holds `user_id`'s registrations and history (0 when unsplit)."""
+        return 0
 
     def __init__(self, config):
         self.webhook_urls = tuple(config.webhook_urls)

@@ -1,17 +1,19 @@
 """State in Redis: any number of processes on any number of hosts act as one.
 
-One server, the primary of a Sentinel set or a Cluster (redisconn.py reads REDIS_URL).
-The key names below start with `nsio:`; on a Cluster with `{nsio}:`, a hash tag that puts
-them all in one slot (`Keys` says why).
+One server, the primary of a Sentinel set, or a Cluster (redisconn.py reads REDIS_URL).
+The key names below start with `nsio:`; on a Cluster the state is split in shards, and
+each shard's keys start with its own hash tag instead, `{nsio-<k>.<j>}:`, which puts them
+all in one slot (`Keys` and `shard_prefixes` say why). A user's keys are in one shard.
 
 A registration is a hash `nsio:reg:<len(userId)>:<userId>:<connectionId>` with its holder's
 sid, the id up to which it has received and when its socket last answered a heartbeat;
-`nsio:unheld:<userId>` and `nsio:held:<userId>` index a user's connectionIds. A user's history is a stream
-`nsio:history:<userId>` (broadcasts: `nsio:broadcast`) whose entry ids are the message
-ids, drawn from one sequence (`nsio:last-id`) so that any two can be compared. Appending
-and publishing on the messages channel happen in one script: every process sees the
-messages in id order, and a push is either kept and sent, or neither. A push with an
-Idempotency-Key leaves `nsio:idempotency:<key>` in the same script.
+`nsio:unheld:<userId>` and `nsio:held:<userId>` index a user's connectionIds. A user's
+history is a stream `nsio:history:<userId>` (broadcasts: `nsio:broadcast`) whose entry ids
+are the message ids, drawn from one sequence per shard (`nsio:last-id`) so that any two of
+a user's can be compared. Appending and publishing on the shard's messages channel happen
+in one script: every process sees a shard's messages in id order, and a push is either
+kept and sent, or neither. A push with an Idempotency-Key leaves `nsio:idempotency:<key>`
+in the same script.
 
 A push is sent to Redis once and never retried: if Redis does not answer, it may have
 run it, so the caller learns that the outcome is unknown (OutcomeUnknown). Other calls
@@ -21,8 +23,10 @@ than REDIS_TIMEOUT for an answer.
 import collections
 import contextlib
 import functools
+import itertools
 import logging
 import json
+import zlib
 
 import gevent.event
 import gevent.lock
@@ -30,6 +34,7 @@ import gevent.monkey
 import redis
 import redis.cluster
 from redis.backoff import NoBackoff
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.retry import Retry
 
 from .. import jsoncodec, redisconn
@@ -152,8 +157,8 @@ end
 return 0
 """
 
-# KEYS: registration, unheld, held, the user's presence, presence checks, the outbox (due jobs, jobs,
-# event counter). ARGV: connectionId, ttl ms, sid, userId, webhook URLs, ms
+# KEYS: registration, unheld, held, the user's presence, presence checks, the outbox (due
+# jobs, jobs, event counter). ARGV: connectionId, ttl ms, sid, userId, webhook URLs, ms
 # before the presence is checked.
 # With webhooks, a user with no presence gets one: `user.online`, in the same step.
 _CLAIM = _NOW_MS + _OUTBOX + """
@@ -275,7 +280,8 @@ return {online, redis.call('ZCARD', unheld) + redis.call('ZCARD', held)}
 # history is kept only while the user has registrations).
 # ARGV: max length, key ttl ms, payload, channel, fingerprint ('' for no key), record ttl
 # ms, fallback after ms (0: none), online timeout ms, message record ttl ms, records kept,
-# then one target (as JSON, null for a broadcast) per target.
+# the command to publish with (PUBLISH, or SPUBLISH on a Cluster's shard channel), then one
+# target (as JSON, null for a broadcast) per target.
 # Returns {'new', id, online, id, online...}, {'repeated', ...} or {'conflict'}; online is
 # the sockets holding the user's registrations (-1 for a broadcast).
 _APPEND = _NOW_MS + _IDS + """
@@ -300,13 +306,13 @@ local reply, kept = {'new'}, {}
 for i = 1, (#KEYS - 4) / 5 do
   seq = seq + 1
   local id = string.format('%d-%d', ms, seq)
-  local target, base = ARGV[10 + i], 5 * i
+  local target, base = ARGV[11 + i], 5 * i
   local stream, unheld, held = KEYS[base], KEYS[base + 1], KEYS[base + 2]
   if ARGV[1] ~= '0' and (target == 'null' or redis.call('EXISTS', unheld, held) > 0) then
     redis.call('XADD', stream, 'MAXLEN', ARGV[1], id, 'm', ARGV[3])
     redis.call('PEXPIRE', stream, ARGV[2])
   end
-  redis.call('PUBLISH', ARGV[4], id .. ' ' .. (fallback_ms > 0 and '1 ' or '0 ') ..
+  redis.call(ARGV[11], ARGV[4], id .. ' ' .. (fallback_ms > 0 and '1 ' or '0 ') ..
                                  target .. '\\n' .. ARGV[3])
   local online = -1
   if target ~= 'null' then
@@ -466,8 +472,10 @@ class PushChannel:
     #: In `waiting`: WAIT's answer comes next, for the pushes held.
     _WAITED = object()
 
-    def __init__(self, state, replicas=0):
+    def __init__(self, state, client, shard, replicas=0):
         self.state = state
+        self.client = client   # of the one server every push on this channel goes to
+        self.shard = shard     # the Keys of a shard it serves: to tell the state of failures
         self.replicas = replicas
         self.line = None
         self.opening = gevent.lock.Semaphore()
@@ -484,11 +492,11 @@ class PushChannel:
                 self._close(line)
                 line = None
             if line is None:
-                pool = self.state._node().connection_pool
+                pool = self.client.connection_pool
                 try:
                     connection = pool.get_connection()   # checked out for as long as it lives
                 except (redis.RedisError, OSError) as error:
-                    self.state._failed()
+                    self.state._failed(self.shard)
                     raise _failure(error, maybe_made=False) from error
                 line = self.line = self._Line(pool, connection)
                 gevent.spawn(self._write, line)
@@ -570,7 +578,7 @@ class PushChannel:
             if answer is not self._WAITED:
                 answer.set_exception(failure)
         line.waiting.clear()
-        self.state._failed()
+        self.state._failed(self.shard)
 
     def _close(self, line):
         """Disconnect a line and give its connection back to the pool, once."""
@@ -608,16 +616,20 @@ def _unavailable_on_error(method):
 
 
 class Keys:
-    """Every key the state uses, under one prefix.
+    """Every key of one shard of the state, under one prefix.
 
-    On a Cluster the prefix is a hash tag, `{nsio}:`, so that every key is in one slot: the
-    append script takes each message's id from one sequence and publishes it in the same
-    step, which is what keeps every socket's messages in id order (delivery.py); keys in
-    several slots cannot be written by one script.
+    One server (or Sentinel's primary) holds one shard, `nsio:`. On a Cluster, each shard's
+    prefix is a hash tag (`shard_prefixes`), so that all its keys are in one slot: the
+    append script takes each message's id from the shard's one sequence and publishes it
+    in the same step, which is what keeps every socket's messages in id order
+    (delivery.py); keys in several slots cannot be written by one script. A user's keys
+    are all in the user's shard (`RedisState.shard_of`).
     """
 
-    def __init__(self, prefix='nsio:'):
+    def __init__(self, prefix='nsio:', channel=None):
         self.prefix = prefix
+        #: Where the shard's messages are published (on a Cluster, a shard channel).
+        self.channel = channel or prefix + 'messages'
         self.last_id = prefix + 'last-id'
         self.broadcast = prefix + 'broadcast'
         self.no_idempotency = prefix + 'idempotency'   # declared, never written
@@ -664,22 +676,67 @@ class Keys:
         return self.broadcast if target is EVERYONE else f'{self.prefix}history:{target}'
 
 
+#: Shards of a Cluster when REDIS_CLUSTER_SHARDS is not set.
+CLUSTER_SHARDS = 16
+
+
+def shard_prefixes(count):
+    """The key prefixes of a Cluster's `count` shards: a hash tag each, spread over the slots.
+
+    Shard k's tag is the first `nsio-k.j` whose slot is in the k-th of `count` equal parts
+    of the slot space: the shards spread over the primaries as evenly as the slots do (as
+    `redis-cli --cluster create` splits them, in even ranges). One shard is `{nsio}`, every
+    key in one slot, as before shards existed.
+    """
+    if count == 1:
+        return ['{nsio}:']
+    prefixes = []
+    for k in range(count):
+        low = k * REDIS_CLUSTER_HASH_SLOTS // count
+        high = (k + 1) * REDIS_CLUSTER_HASH_SLOTS // count
+        tag = next(tag for tag in (f'nsio-{k}.{j}' for j in itertools.count())
+                   if low <= key_slot(tag.encode()) < high)
+        prefixes.append('{' + tag + '}:')
+    return prefixes
+
+
+def shard_number(user_id, count):
+    """The shard of `count` that holds a user (the same in every process)."""
+    if count == 1:
+        return 0
+    return zlib.crc32(user_id.encode('utf-8', 'surrogatepass')) % count
+
+
 class RedisState(State):
-    """The shared state of every process, in Redis (one server, Sentinel's primary, a Cluster)."""
+    """The shared state of every process, in Redis (one server, Sentinel's primary, a Cluster).
+
+    On a Cluster the state is split in shards (REDIS_CLUSTER_SHARDS), each in its own slot
+    with its own id sequence, history of broadcasts, fallbacks, presence checks and
+    webhook outbox; a user is in one shard (`shard_of`), so that a push to one user is one
+    script on one node. A push to users of several shards runs one script per shard, at
+    once; a broadcast, one in every shard.
+    """
 
     local = False
 
     def __init__(self, config, channel=CHANNEL):
         super().__init__(config)
-        #: python-socketio's channel; ours carries the messages (fanout.py reads both).
+        #: python-socketio's channel; ours carry the messages (fanout.py reads them all).
         self.channel = channel
-        self.messages_channel = channel + ':messages'
         self.redis = redisconn.connect(
             config.redis_url, decode_responses=True, socket_timeout=REDIS_TIMEOUT,
             socket_connect_timeout=REDIS_TIMEOUT, health_check_interval=30,
             retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)))
         self.cluster = isinstance(self.redis, redis.cluster.RedisCluster)
-        self.keys = Keys('{nsio}:' if self.cluster else 'nsio:')
+        if self.cluster:
+            self.shards = [Keys(prefix) for prefix in shard_prefixes(
+                config.redis_cluster_shards or CLUSTER_SHARDS)]
+        else:
+            self.shards = [Keys('nsio:', channel=channel + ':messages')]
+        self.shard_count = len(self.shards)
+        #: A Cluster's shard channels live on their slot's node only (SPUBLISH); one
+        #: server's channel is PUBLISHed.
+        self._publish = 'SPUBLISH' if self.cluster else 'PUBLISH'
         self._ttl_ms = int(self.registration_ttl * 1000)
         self._history_ms = int(self.history_ttl * 1000)
         self._idempotency_ms = int(self.idempotency_ttl * 1000)
@@ -694,47 +751,68 @@ class RedisState(State):
             ('fallback', _FALLBACK), ('presence', _PRESENCE), ('status', _STATUS),
             ('take', _TAKE))}
         self.outbox = RedisOutbox(self)
-        #: Pushes pipelined on one connection: only under gevent, as the server runs.
         self.wait_replicas = config.redis_wait_replicas
-        self.pushes = PushChannel(self, self.wait_replicas) \
-            if gevent.monkey.is_module_patched('socket') else None
+        #: Pushes pipelined on one connection per server: only under gevent, as the
+        #: server runs (PushChannel).
+        self.pipelined = gevent.monkey.is_module_patched('socket')
+        self._channels = {}   # a server's address -> its PushChannel
 
-    def _registration_keys(self, user_id, connection_id):
-        return [self.keys.registration(user_id, connection_id), *self.keys.indexes(user_id)]
+    def shard_of(self, user_id):
+        return shard_number(user_id, self.shard_count)
 
-    def _node(self):
-        """The client of the one server holding every key (on a Cluster, its slot's primary)."""
+    def keys_of(self, user_id):
+        """The Keys of the user's shard."""
+        return self.shards[self.shard_of(user_id)]
+
+    def _registration_keys(self, keys, user_id, connection_id):
+        return [keys.registration(user_id, connection_id), *keys.indexes(user_id)]
+
+    def _node(self, keys):
+        """The client of the server holding a shard (on a Cluster, its slot's primary)."""
         if self.cluster:
-            return self.redis.get_redis_connection(
-                self.redis.get_node_from_key(self.keys.last_id))
+            return self.redis.get_redis_connection(self.redis.get_node_from_key(keys.last_id))
         return self.redis
+
+    def _pushes(self, keys):
+        """The PushChannel to the server holding a shard."""
+        if not self.cluster:
+            address = None
+        else:
+            node = self.redis.get_node_from_key(keys.last_id)
+            address = node.name
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = PushChannel(
+                self, self._node(keys), keys, self.wait_replicas)
+        return channel
 
     def _run(self, name, keys, args):
         return self._scripts[name](keys=keys, args=args)
 
-    def _run_once(self, name, keys, args):
-        """Send a script to Redis once: nothing retries it, whatever happens.
+    def _run_once(self, shard, name, keys, args):
+        """Send a script to the server of `shard` once: nothing retries it, whatever happens.
 
         StateUnavailable if it was not run (no connection could be made, or the server
         refused it: a replica since a failover, a Cluster slot that moved); OutcomeUnknown
         if it was sent and no answer came.
         """
         script = self._scripts[name]
-        if self.pushes is not None:
+        if self.pipelined:
+            pushes = self._pushes(shard)
             try:
                 try:
-                    return self.pushes.call('EVALSHA', script.sha, keys, args)
+                    return pushes.call('EVALSHA', script.sha, keys, args)
                 except redis.exceptions.NoScriptError:
-                    return self.pushes.call('EVAL', script.script, keys, args)
+                    return pushes.call('EVAL', script.script, keys, args)
             except _NOT_RUN as error:
-                self.pushes.reset()
-                self._failed()
+                pushes.reset()
+                self._failed(shard)
                 raise _failure(error) from error
-        pool = self._node().connection_pool
+        pool = self._node(shard).connection_pool
         try:
             connection = pool.get_connection()   # connected, or it raises
         except redis.RedisError as error:
-            self._failed()
+            self._failed(shard)
             raise _failure(error, maybe_made=False) from error
         try:
             try:
@@ -752,14 +830,14 @@ class RedisState(State):
             return reply
         except (*_NOT_RUN, redis.ConnectionError, redis.TimeoutError, OSError) as error:
             connection.disconnect()
-            self._failed()
+            self._failed(shard)
             raise _failure(error) from error
         finally:
             pool.release(connection)
 
-    def _failed(self):
-        """A push failed: count it and, on a Cluster, let the cluster client find who
-        serves the slot now.
+    def _failed(self, shard):
+        """A push to `shard` failed: count it and, on a Cluster, let the cluster client find
+        who serves the shard's slot now.
 
         A command through it meets the same failure (or a MOVED) and refreshes its map of
         the slots, as it does for its own commands; the next script goes to the new node.
@@ -767,7 +845,7 @@ class RedisState(State):
         self.failures += 1
         if self.cluster:
             with contextlib.suppress(redis.RedisError):
-                self.redis.exists(self.keys.last_id)
+                self.redis.exists(shard.last_id)
 
     def register(self, user_id, connection_id):
         self._register(user_id, connection_id, '')
@@ -778,11 +856,12 @@ class RedisState(State):
 
     @_unavailable_on_error
     def _register(self, user_id, connection_id, issued_at):
-        outcome = self._run('register', [*self._registration_keys(user_id, connection_id),
-                                         self.keys.last_id,
-                                         *self.keys.revocations(user_id, connection_id)],
-                            [connection_id, self._ttl_ms, self.keys.registration_prefix(user_id),
-                             self.max_sessions, issued_at])
+        keys = self.keys_of(user_id)
+        outcome = self._run('register', [
+            *self._registration_keys(keys, user_id, connection_id), keys.last_id,
+            *keys.revocations(user_id, connection_id)],
+            [connection_id, self._ttl_ms, keys.registration_prefix(user_id), self.max_sessions,
+             issued_at])
         if outcome == -1:
             raise TooManySessions()
         if outcome == -2:
@@ -790,9 +869,10 @@ class RedisState(State):
 
     @_unavailable_on_error
     def claim(self, user_id, connection_id, sid):
-        found = self._run('claim', [*self._registration_keys(user_id, connection_id),
-                                    self.keys.presence(user_id), self.keys.presence_checks,
-                                    *self.keys.outbox],
+        keys = self.keys_of(user_id)
+        found = self._run('claim', [*self._registration_keys(keys, user_id, connection_id),
+                                    keys.presence(user_id), keys.presence_checks,
+                                    *keys.outbox],
                           [connection_id, self._ttl_ms, sid, user_id,
                            self._urls if self.presence else '',
                            self._online_ms + self._grace_ms])
@@ -803,101 +883,173 @@ class RedisState(State):
 
     @_unavailable_on_error
     def confirm(self, user_id, connection_id, sid, message_id):
-        self._run('confirm', [*self._registration_keys(user_id, connection_id),
-                              *self.keys.records(user_id), self.keys.fallbacks,
-                              self.keys.fallback_messages],
+        keys = self.keys_of(user_id)
+        self._run('confirm', [*self._registration_keys(keys, user_id, connection_id),
+                              *keys.records(user_id), keys.fallbacks, keys.fallback_messages],
                   [connection_id, self._ttl_ms, sid, message_id or '', user_id,
                    self._record_ms, MESSAGE_RECORDS])
 
-    def _release_call(self, user_id, connection_id, sid):
-        return ([*self._registration_keys(user_id, connection_id), self.keys.presence(user_id),
-                 self.keys.presence_checks],
+    def _release_call(self, keys, user_id, connection_id, sid):
+        return ([*self._registration_keys(keys, user_id, connection_id),
+                 keys.presence(user_id), keys.presence_checks],
                 [connection_id, self._ttl_ms, sid, user_id if self.presence else '',
                  self._grace_ms])
 
     @_unavailable_on_error
     def release(self, user_id, connection_id, sid):
-        self._run('release', *self._release_call(user_id, connection_id, sid))
+        self._run('release', *self._release_call(self.keys_of(user_id), user_id,
+                                                 connection_id, sid))
 
     @_unavailable_on_error
     def release_many(self, holds):
-        """One round trip for all of them (a pipeline), however many there are."""
-        pipeline = self._node().pipeline(transaction=False)
+        """One round trip (a pipeline) per server, however many there are."""
+        pipelines = {}   # a server's client -> its pipeline
         for user_id, connection_id, sid in holds:
-            keys, args = self._release_call(user_id, connection_id, sid)
-            self._scripts['release'](keys=keys, args=args, client=pipeline)
-        pipeline.execute()
+            keys = self.keys_of(user_id)
+            client = self._node(keys)
+            pipeline = pipelines.get(client)
+            if pipeline is None:
+                pipeline = pipelines[client] = client.pipeline(transaction=False)
+            call_keys, args = self._release_call(keys, user_id, connection_id, sid)
+            self._scripts['release'](keys=call_keys, args=args, client=pipeline)
+        for pipeline in pipelines.values():
+            pipeline.execute()
 
     @_unavailable_on_error
     def revoke(self, user_id, connection_id=None):
-        revocation = self.keys.revocations(user_id, connection_id or '')[
-            0 if connection_id else 1]
-        return self._run('revoke', [*self.keys.indexes(user_id), revocation,
-                                    self.keys.presence(user_id), self.keys.presence_checks],
-                         [self.keys.registration_prefix(user_id), connection_id or '',
+        keys = self.keys_of(user_id)
+        revocation = keys.revocations(user_id, connection_id or '')[0 if connection_id else 1]
+        return self._run('revoke', [*keys.indexes(user_id), revocation,
+                                    keys.presence(user_id), keys.presence_checks],
+                         [keys.registration_prefix(user_id), connection_id or '',
                           self._ttl_ms, user_id if self.presence else '', self._grace_ms])
 
     @_unavailable_on_error
     def message_status(self, user_id, message_id):
-        records, acked, _ = self.keys.records(user_id)
-        found = self._run('status', [records, acked, self.keys.history(user_id)],
+        keys = self.keys_of(user_id)
+        records, acked, _ = keys.records(user_id)
+        found = self._run('status', [records, acked, keys.history(user_id)],
                           [message_id, parse_message_id(message_id)[0], self._record_ms,
                            self._history_ms])
         if found is None:
             return None
         return MessageStatus(acknowledged=bool(found[0]), in_history=bool(found[1]))
 
-    @_unavailable_on_error
     def tick(self, limit=100):
-        fallbacks, checks = self._run('due', [self.keys.fallbacks, self.keys.presence_checks],
+        """Each shard's due fallbacks and presence checks; a shard whose server fails
+        does not hold the others back (StateUnavailable after all were tried)."""
+        failure = None
+        for keys in self.shards:
+            try:
+                self._tick(keys, limit)
+            except StateUnavailable as error:
+                failure = failure or error
+        if failure is not None:
+            raise failure
+
+    @_unavailable_on_error
+    def _tick(self, keys, limit):
+        fallbacks, checks = self._run('due', [keys.fallbacks, keys.presence_checks],
                                       [limit, _LEASE_MS])
         for fallback in fallbacks:
             message_id, user_id = fallback.split(':', 1)
-            self._run('fallback', [self.keys.records(user_id)[2], self.keys.fallbacks,
-                                   self.keys.fallback_messages, *self.keys.outbox],
+            self._run('fallback', [keys.records(user_id)[2], keys.fallbacks,
+                                   keys.fallback_messages, *keys.outbox],
                       [fallback, message_id, user_id, self._urls])
         for user_id in checks:
-            self._run('presence', [self.keys.indexes(user_id)[1], self.keys.presence(user_id),
-                                   self.keys.presence_checks, *self.keys.outbox],
+            self._run('presence', [keys.indexes(user_id)[1], keys.presence(user_id),
+                                   keys.presence_checks, *keys.outbox],
                       [user_id, self._urls, self._online_ms, self._grace_ms])
 
     @_unavailable_on_error
     def sessions(self, user_id):
-        online, registered = self._run('sessions', self.keys.indexes(user_id),
+        online, registered = self._run('sessions', self.keys_of(user_id).indexes(user_id),
                                        [self._online_ms, self._ttl_ms])
         return Sessions(online=online, registered=registered)
 
     def append(self, targets, message, idempotency=None, fallback_after=None):
-        payload = jsoncodec.dumps(message)
-        reply = self._run_once(
-            'append', [self.keys.last_id,
-                       self.keys.idempotency(idempotency.key) if idempotency
-                       else self.keys.no_idempotency,
-                       self.keys.fallbacks, self.keys.fallback_messages,
-                       *(key for target in targets for key in self._target_keys(target))],
-            [self.history_size if self.history_ttl else 0,
-             max(self._history_ms, _KEY_FLOOR_MS), payload, self.messages_channel,
-             idempotency.fingerprint if idempotency else '', self._idempotency_ms,
-             int(fallback_after * 1000) if fallback_after and self.webhook_urls else 0,
-             self._online_ms, self._record_ms, MESSAGE_RECORDS,
-             *map(json.dumps, targets)])
-        outcome, *found = reply
-        if outcome == 'conflict':
-            raise IdempotencyConflict()
-        return Appended([Entry(message_id, parse_message_id(message_id)[0], message)
-                         for message_id in found[::2]], repeated=outcome == 'repeated',
-                        online=[None if online < 0 else online for online in found[1::2]])
+        """One script per shard the targets are in (a broadcast: every shard), at once.
 
-    def _target_keys(self, target):
+        The answer's entry for a broadcast is the first shard's; each shard's users get the
+        message with their shard's id. If the scripts of some shards fail, the push was made
+        for the others' targets: OutcomeUnknown (a retry with the Idempotency-Key makes the
+        rest and repeats nothing), unless no script can have run (StateUnavailable).
+        """
+        payload = jsoncodec.dumps(message)
+        by_shard = {}   # Keys -> the positions in `targets` it holds
+        for position, target in enumerate(targets):
+            for keys in self.shards if target is EVERYONE else [self.keys_of(target)]:
+                by_shard.setdefault(keys, []).append(position)
+        calls = [(keys, positions, self._append_call(keys, [targets[n] for n in positions],
+                                                     payload, idempotency, fallback_after))
+                 for keys, positions in by_shard.items()]
+        if len(calls) == 1:
+            keys, _, call = calls[0]
+            replies = [self._run_once(keys, 'append', *call)]
+        else:
+            replies = self._run_each(calls)
+        entries, online = [None] * len(targets), [None] * len(targets)
+        for (_, positions, _), reply in zip(calls, replies):
+            outcome, *found = reply
+            if outcome == 'conflict':
+                raise IdempotencyConflict()
+            for position, message_id, count in zip(positions, found[::2], found[1::2]):
+                if entries[position] is None:   # a broadcast's: the first shard's
+                    entries[position] = Entry(message_id, parse_message_id(message_id)[0],
+                                              message)
+                    online[position] = None if count < 0 else count
+        return Appended(entries, repeated=all(reply[0] == 'repeated' for reply in replies),
+                        online=online)
+
+    def _run_each(self, calls):
+        """The append scripts of several shards, sent at once; their replies, or the
+        failure that tells the caller what may have been made."""
+        def run(keys, call):
+            try:
+                return self._run_once(keys, 'append', *call)
+            except (StateUnavailable, OutcomeUnknown) as error:
+                return error
+        if self.pipelined:
+            runs = [gevent.spawn(run, keys, call) for keys, _, call in calls]
+            gevent.joinall(runs)
+            replies = [done.value for done in runs]
+        else:
+            replies = [run(keys, call) for keys, _, call in calls]
+        failures = [reply for reply in replies if isinstance(reply, Exception)]
+        if not failures:
+            return replies
+        if len(failures) == len(replies) and all(
+                isinstance(failure, StateUnavailable) for failure in failures):
+            raise failures[0]   # made nowhere
+        if all(isinstance(failure, NotReplicated) for failure in failures):
+            raise failures[0]   # made everywhere, not yet on enough replicas
+        raise OutcomeUnknown(f'made in {len(replies) - len(failures)} of {len(replies)} '
+                             f'shards of the Redis Cluster; {failures[0]}')
+
+    def _append_call(self, keys, targets, payload, idempotency, fallback_after):
+        return ([keys.last_id,
+                 keys.idempotency(idempotency.key) if idempotency else keys.no_idempotency,
+                 keys.fallbacks, keys.fallback_messages,
+                 *(key for target in targets for key in self._target_keys(keys, target))],
+                [self.history_size if self.history_ttl else 0,
+                 max(self._history_ms, _KEY_FLOOR_MS), payload, keys.channel,
+                 idempotency.fingerprint if idempotency else '', self._idempotency_ms,
+                 int(fallback_after * 1000) if fallback_after and self.webhook_urls else 0,
+                 self._online_ms, self._record_ms, MESSAGE_RECORDS, self._publish,
+                 *map(json.dumps, targets)])
+
+    @staticmethod
+    def _target_keys(keys, target):
         if target is EVERYONE:
-            return [self.keys.broadcast] * 5   # declared, only the stream is used
-        return [self.keys.history(target), *self.keys.indexes(target),
-                self.keys.records(target)[0], self.keys.records(target)[2]]
+            return [keys.broadcast] * 5   # declared, only the stream is used
+        return [keys.history(target), *keys.indexes(target), keys.records(target)[0],
+                keys.records(target)[2]]
 
     @_unavailable_on_error
     def history(self, user_id, after_id=None):
+        keys = self.keys_of(user_id)
         after = parse_message_id(after_id) if after_id is not None else ('', '')
-        found = self._run('history', [self.keys.history(user_id), self.keys.broadcast],
+        found = self._run('history', [keys.history(user_id), keys.broadcast],
                           [*after, self._history_ms])
         entries = [(parse_message_id(message_id), jsoncodec.loads(fields[1]))
                    for stream in found for message_id, fields in stream]
@@ -906,15 +1058,15 @@ class RedisState(State):
 
     def fast_paths(self):
         """'hiredis' when redis-py reads and writes Redis's protocol with it (in C), and
-        'pipelined pushes' when pushes share one connection (under gevent)."""
+        'pipelined pushes' when pushes share one connection per server (under gevent)."""
         found = []
-        connection = self._node().connection_pool.make_connection()
+        connection = self._node(self.shards[0]).connection_pool.make_connection()
         if type(connection._parser).__name__ == '_HiredisParser':
             found.append('hiredis')
         else:
             log.warning('fast path OFF: hiredis (redis-py parses Redis\'s answers in '
                         'Python: pip install hiredis)')
-        if self.pushes is not None:
+        if self.pipelined:
             found.append('pipelined pushes')
         else:
             log.warning('fast path OFF: pipelined pushes (gevent has not patched socket: '
@@ -922,18 +1074,22 @@ class RedisState(State):
         return found
 
     def close(self):
-        if self.pushes is not None:
-            self.pushes.reset()
+        for channel in self._channels.values():
+            channel.reset()
         self.redis.close()
 
 
 class RedisOutbox:
-    """The webhook jobs in Redis, which every process takes from (webhooks.py sends them)."""
+    """The webhook jobs in Redis, which every process takes from (webhooks.py sends them).
+
+    Each shard has its own outbox; a job's id says which (`<shard>/<id in the shard>`).
+    """
 
     def __init__(self, state):
         self.state = state
         self.urls = state.webhook_urls
         self.on_drop = None   # never full: Redis's memory is the bound
+        self._first = 0   # the shard taken from first, in turn: none waits behind another
 
     @property
     def failures(self):
@@ -943,36 +1099,46 @@ class RedisOutbox:
     def failures(self, value):
         self.state.failures = value
 
+    def _job(self, job):
+        """The Keys of a job's shard, and its id there."""
+        shard, _, job_id = job.job_id.partition('/')
+        return self.state.shards[int(shard)], job_id
+
     @_unavailable_on_error
     def take(self, limit):
         from ..webhooks import LEASE, Job
-        due, jobs, _ = self.state.keys.outbox
-        attempts = self.state.keys.attempts
+        shards = self.state.shards
+        self._first = (self._first + 1) % len(shards)
         taken = []
-        for job_id, record, attempt in self.state._run(
-                'take', [due, jobs, attempts], [limit, LEASE * 1000]):
-            head, body = record.split('\n', 1)
-            created, url = head.split(' ', 1)
-            taken.append(Job(job_id, url, body.encode(), int(created) / 1000,
-                             attempt=attempt))
+        for number in itertools.chain(range(self._first, len(shards)), range(self._first)):
+            if len(taken) >= limit:
+                break
+            keys = shards[number]
+            due, jobs, _ = keys.outbox
+            for job_id, record, attempt in self.state._run(
+                    'take', [due, jobs, keys.attempts], [limit - len(taken), LEASE * 1000]):
+                head, body = record.split('\n', 1)
+                created, url = head.split(' ', 1)
+                taken.append(Job(f'{number}/{job_id}', url, body.encode(),
+                                 int(created) / 1000, attempt=attempt))
         return taken
 
     @_unavailable_on_error
     def done(self, job):
-        due, jobs, _ = self.state.keys.outbox
-        attempts = self.state.keys.attempts
-        pipeline = self.state._node().pipeline(transaction=True)
-        pipeline.zrem(due, job.job_id).hdel(jobs, job.job_id).hdel(attempts, job.job_id)
+        keys, job_id = self._job(job)
+        due, jobs, _ = keys.outbox
+        pipeline = self.state._node(keys).pipeline(transaction=True)
+        pipeline.zrem(due, job_id).hdel(jobs, job_id).hdel(keys.attempts, job_id)
         pipeline.execute()
 
     @_unavailable_on_error
     def retry(self, job, at):
-        self.state.redis.zadd(self.state.keys.outbox[0], {job.job_id: int(at * 1000)},
-                              xx=True)
+        keys, job_id = self._job(job)
+        self.state.redis.zadd(keys.outbox[0], {job_id: int(at * 1000)}, xx=True)
 
     @_unavailable_on_error
     def queued(self):
-        return self.state.redis.zcard(self.state.keys.outbox[0])
+        return sum(self.state.redis.zcard(keys.outbox[0]) for keys in self.state.shards)
 
 
 def decode_published(data):
