@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from notification_socketio.client import connection_token
+from notification_socketio.webhooks import LEASE
 
 from conftest import TOKEN, auth, free_port, wait_for
 
@@ -184,7 +185,9 @@ def test_an_event_outlives_the_process_that_was_sending_it(
     wait_for(lambda: len(receiver.calls) >= 2, timeout=20, message='two failed calls')
     first.kill()
     receiver.failing = False
-    event, = wait_for(lambda: receiver.accepted('user.online', user), timeout=30,
+    # Killed between a failed call and the retry it schedules, the first process leaves
+    # its job leased: the second takes it once the lease ends.
+    event, = wait_for(lambda: receiver.accepted('user.online', user), timeout=LEASE + 30,
                       message='the event, from the process left')
     assert event['id'] == json.loads(receiver.calls[0][1])['id']
     assert second.metric('nsio_webhooks_total', event='user.online', outcome='sent') == 1
