@@ -8,14 +8,17 @@ with REDIS_WAIT_REPLICAS=N and each primary has N + 1 replicas, so that N are le
 confirm pushes after the failover), one server process (gunicorn, the gevent worker) on
 it, 20 users with a live WebSocket each and 20 registered users with none ("away"). Four
 threads push round-robin to all 40 users; 3 s in, the primary holding the state is killed
-(SIGKILL); pushing goes on until 3 s after pushes succeed again. Then the away users
-connect and claim their registrations: what they get is the history's replay.
+(SIGKILL; on a Cluster, the primary of user-0's shard: the users of the shards it served
+are the ones affected); pushing goes on until 3 s after pushes succeed again. Then the
+away users connect and claim their registrations: what they get is the history's replay.
 
-Printed per topology (medians over rounds): pushes answered 200 / 503 / 504, the outage
-(from the first failed push to the first sent after it that succeeded), messages answered
+Printed per topology (medians over rounds): pushes answered 200 / 503 / 504, the users
+affected, pushes to the others that failed, the outage (from the first failed push to an
+affected user to the first sent after it that succeeded), messages answered
 200 that a live socket never received, messages answered 200 that an away user's replay
 lacked (lost with the primary: written there, not yet on the replica), and the messages
-received that no 200 answered for (504s that had been made, or 503s that had not). The
+received that no 200 answered for (504s that had been made, or 503s that had not); each
+round's line also gives the first error message of each status. The
 topologies are the test suite's (tests/conftest.py): real redis-servers on free ports.
 """
 import argparse
@@ -41,7 +44,13 @@ def start_topology(kind, directory, replicas):
         topology = conftest.SentinelSet(directory, replicas=replicas).start()
         return topology, lambda: topology.server_on(topology.primary_port())
     topology = conftest.RedisClusterNodes(directory, primaries=3, replicas=replicas).start()
-    return topology, lambda: topology.primary_of('{nsio}')
+    return topology, lambda: topology.primary_of(shard('user-0'))
+
+
+def shard(user):
+    """The key prefix of a user's shard on a Cluster (REDIS_CLUSTER_SHARDS unset)."""
+    from notification_socketio.state.redis import CLUSTER_SHARDS, shard_number, shard_prefixes
+    return shard_prefixes(CLUSTER_SHARDS)[shard_number(user, CLUSTER_SHARDS)]
 
 
 def one_round(kind, directory, wait_replicas=0):
@@ -49,6 +58,9 @@ def one_round(kind, directory, wait_replicas=0):
     topology, primary = start_topology(kind, directory, wait_replicas + 1)
     server = conftest.ServerProcess(env={'REDIS_URL': topology.url,
                                          'REDIS_WAIT_REPLICAS': str(wait_replicas),
+                                         # Every push of the run stays in the history:
+                                         # what a replay lacks was lost, not trimmed.
+                                         'HISTORY_SIZE': '100000',
                                          **conftest.FAST_HEARTBEAT}).start()
     listeners = []
     try:
@@ -59,6 +71,7 @@ def one_round(kind, directory, wait_replicas=0):
             listener = conftest.Listener(server.url, 'websocket', reconnection=True)
             listeners.append(listener.follow(user, 'tab'))
         answers, stop = [], threading.Event()   # (answered, status, user, id, sent)
+        errors = {}   # the first error message of each status
 
         def push(offset):
             session = requests.Session()
@@ -72,6 +85,8 @@ def one_round(kind, directory, wait_replicas=0):
                         headers={'X-AUTH-TOKEN': conftest.TOKEN}, timeout=30)
                     status = response.status_code
                     found = response.json().get('id') if status == 200 else None
+                    if status != 200:
+                        errors.setdefault(status, response.json().get('error'))
                 except requests.RequestException:
                     status, found = 'error', None
                 answers.append((time.monotonic(), status, user, found, started))
@@ -80,10 +95,14 @@ def one_round(kind, directory, wait_replicas=0):
         pushers = [threading.Thread(target=push, args=(n,)) for n in range(PUSHERS)]
         for thread in pushers:
             thread.start()
+        victim = primary()
+        affected = set(users) if kind == 'sentinel' else {
+            user for user in users if topology.primary_of(shard(user)) is victim}
         time.sleep(3)
         killed_at = time.monotonic()
-        primary().process.send_signal(signal.SIGKILL)
-        conftest.wait_for(lambda: back_after(answers, first_failure(answers, killed_at)),
+        victim.process.send_signal(signal.SIGKILL)
+        conftest.wait_for(lambda: back_after(answers, first_failure(answers, killed_at,
+                                                                    affected), affected),
                           timeout=120, message='pushes to succeed again')
         time.sleep(3)
         stop.set()
@@ -105,13 +124,17 @@ def one_round(kind, directory, wait_replicas=0):
             lost['live' if n < ONLINE else 'history'] += len(expected - received)
             made_unconfirmed += len(received - expected)
         statuses = [status for _, status, _, _, _ in answers]
-        failure = first_failure(answers, killed_at)
-        back = back_after(answers, failure)
+        failure = first_failure(answers, killed_at, affected)
+        back = back_after(answers, failure, affected)
         return {'200': statuses.count(200), '503': statuses.count(503),
                 '504': statuses.count(504),
                 'other': len(statuses) - sum(statuses.count(s) for s in (200, 503, 504)),
+                'affected': len(affected),
+                'others_failed': sum(1 for _, status, user, _, _ in answers
+                                     if status != 200 and user not in affected),
                 'outage_s': back - failure, 'lost_live': lost['live'],
-                'lost_history': lost['history'], 'made_unconfirmed': made_unconfirmed}
+                'lost_history': lost['history'], 'made_unconfirmed': made_unconfirmed,
+                'errors': errors}
     finally:
         for listener in listeners:
             listener.close()
@@ -119,15 +142,18 @@ def one_round(kind, directory, wait_replicas=0):
         topology.stop()
 
 
-def first_failure(answers, after):
-    return min((t for t, s, *_ in answers if t > after and s != 200), default=float('inf'))
+def first_failure(answers, after, users):
+    """When the first push to one of `users` failed after `after`."""
+    return min((t for t, s, user, *_ in answers if t > after and s != 200 and user in users),
+               default=float('inf'))
 
 
-def back_after(answers, failure):
-    """When a push made after `failure` first succeeded (None: not yet). A push made
-    before it may still be answered 200 after it: its script ran before the primary died."""
-    return min((t for t, s, _, _, started in answers if started > failure and s == 200),
-               default=None)
+def back_after(answers, failure, users):
+    """When a push to one of `users` made after `failure` first succeeded (None: not yet).
+    A push made before it may still be answered 200 after it: its script ran before the
+    primary died."""
+    return min((t for t, s, user, _, started in answers
+                if started > failure and s == 200 and user in users), default=None)
 
 
 def drain(listener, expected, quiet=2.0):
@@ -162,8 +188,8 @@ def main():
                 figures = one_round(kind, Path(directory), args.wait_replicas)
             print(f'{kind} round {n + 1}: {figures}', flush=True)
             rows.setdefault(kind, []).append(figures)
-    fields = ['200', '503', '504', 'other', 'outage_s', 'lost_live', 'lost_history',
-              'made_unconfirmed']
+    fields = ['200', '503', '504', 'other', 'affected', 'others_failed', 'outage_s',
+              'lost_live', 'lost_history', 'made_unconfirmed']
     print('\nmedians over', args.rounds, 'rounds')
     print('| topology | ' + ' | '.join(fields) + ' |')
     print('|---' * (len(fields) + 1) + '|')
