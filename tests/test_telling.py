@@ -9,9 +9,10 @@ import json
 import time
 
 import pytest
+import redis
 
 from notification_socketio.config import Config, ConfigError
-from notification_socketio.state import EVERYONE, Revoked
+from notification_socketio.state import EVERYONE, Revoked, StateUnavailable
 from notification_socketio.state.memory import MemoryState
 from notification_socketio.state.redis import RedisState
 from notification_socketio.webhooks import MemoryOutbox, backoff, sign, verify
@@ -239,3 +240,39 @@ def test_several_webhook_urls_are_read():
     config = Config.from_env({'AUTH_TOKEN': 't', 'WEBHOOK_SECRET': 's' * 32,
                               'WEBHOOK_URL': 'https://a.test/h, http://b.test:8080/h'})
     assert config.webhook_urls == ('https://a.test/h', 'http://b.test:8080/h')
+
+
+@pytest.fixture(params=['cluster'])
+def cluster_telling(request):
+    """A RedisState on the Cluster, webhooks on: its outbox is one per shard."""
+    state = RedisState(Config.for_testing(redis_url=redis_url(request), webhook_urls=URLS[:1],
+                                          webhook_secret='s' * 32))
+    yield state
+    state.close()
+
+
+def test_a_shard_whose_server_fails_holds_back_no_other_shards_events(
+        cluster_telling, monkeypatch):
+    state = cluster_telling
+    up, down = (next(f'u{n}' for n in range(100000) if state.shard_of(f'u{n}') == shard)
+                for shard in (1, 2))
+    for user_id in (up, down):
+        state.register(user_id, 'c1')
+        state.claim(user_id, 'c1', 'sid-' + user_id)   # user.online, in the user's shard
+    run = state._run
+    failing = state.keys_of(down).prefix
+
+    def refusing(name, keys, args):
+        if keys[0].startswith(failing):
+            raise redis.ConnectionError('the shard\'s primary is down (for the test)')
+        return run(name, keys, args)
+    monkeypatch.setattr(state, '_run', refusing)
+    taken = state.outbox.take(100)
+    assert [json.loads(job.body)['data']['userId'] for job in taken] == [up]
+    state.outbox.done(taken[0])
+    with pytest.raises(StateUnavailable):   # nothing to take, and a shard failed
+        state.outbox.take(100)
+
+    monkeypatch.setattr(state, '_run', run)
+    taken = state.outbox.take(100)
+    assert [json.loads(job.body)['data']['userId'] for job in taken] == [down]

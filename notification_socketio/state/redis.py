@@ -1104,23 +1104,35 @@ class RedisOutbox:
         shard, _, job_id = job.job_id.partition('/')
         return self.state.shards[int(shard)], job_id
 
-    @_unavailable_on_error
     def take(self, limit):
-        from ..webhooks import LEASE, Job
+        """Due jobs of the shards, taken in turn; a shard whose server fails holds back none
+        of the others' (StateUnavailable only if it left nothing to take)."""
         shards = self.state.shards
         self._first = (self._first + 1) % len(shards)
-        taken = []
+        taken, failure = [], None
         for number in itertools.chain(range(self._first, len(shards)), range(self._first)):
             if len(taken) >= limit:
                 break
-            keys = shards[number]
-            due, jobs, _ = keys.outbox
-            for job_id, record, attempt in self.state._run(
-                    'take', [due, jobs, keys.attempts], [limit - len(taken), LEASE * 1000]):
-                head, body = record.split('\n', 1)
-                created, url = head.split(' ', 1)
-                taken.append(Job(f'{number}/{job_id}', url, body.encode(),
-                                 int(created) / 1000, attempt=attempt))
+            try:
+                taken += self._take(number, limit - len(taken))
+            except StateUnavailable as error:
+                failure = failure or error
+        if failure is not None and not taken:
+            raise failure
+        return taken
+
+    @_unavailable_on_error
+    def _take(self, number, limit):
+        from ..webhooks import LEASE, Job
+        keys = self.state.shards[number]
+        due, jobs, _ = keys.outbox
+        taken = []
+        for job_id, record, attempt in self.state._run(
+                'take', [due, jobs, keys.attempts], [limit, LEASE * 1000]):
+            head, body = record.split('\n', 1)
+            created, url = head.split(' ', 1)
+            taken.append(Job(f'{number}/{job_id}', url, body.encode(), int(created) / 1000,
+                             attempt=attempt))
         return taken
 
     @_unavailable_on_error
