@@ -280,8 +280,8 @@ return {online, redis.call('ZCARD', unheld) + redis.call('ZCARD', held)}
 # history is kept only while the user has registrations).
 # ARGV: max length, key ttl ms, payload, channel, fingerprint ('' for no key), record ttl
 # ms, fallback after ms (0: none), online timeout ms, message record ttl ms, records kept,
-# the command to publish with (PUBLISH, or SPUBLISH on a Cluster's shard channel), then one
-# target (as JSON, null for a broadcast) per target.
+# then one target (as JSON, null for a broadcast) per target. `publish` is PUBLISH, or
+# SPUBLISH on a Cluster's shard channel (`_publishing`).
 # Returns {'new', id, online, id, online...}, {'repeated', ...} or {'conflict'}; online is
 # the sockets holding the user's registrations (-1 for a broadcast).
 _APPEND = _NOW_MS + _IDS + """
@@ -306,13 +306,13 @@ local reply, kept = {'new'}, {}
 for i = 1, (#KEYS - 4) / 5 do
   seq = seq + 1
   local id = string.format('%d-%d', ms, seq)
-  local target, base = ARGV[11 + i], 5 * i
+  local target, base = ARGV[10 + i], 5 * i
   local stream, unheld, held = KEYS[base], KEYS[base + 1], KEYS[base + 2]
   if ARGV[1] ~= '0' and (target == 'null' or redis.call('EXISTS', unheld, held) > 0) then
     redis.call('XADD', stream, 'MAXLEN', ARGV[1], id, 'm', ARGV[3])
     redis.call('PEXPIRE', stream, ARGV[2])
   end
-  redis.call(ARGV[11], ARGV[4], id .. ' ' .. (fallback_ms > 0 and '1 ' or '0 ') ..
+  redis.call(publish, ARGV[4], id .. ' ' .. (fallback_ms > 0 and '1 ' or '0 ') ..
                                  target .. '\\n' .. ARGV[3])
   local online = -1
   if target ~= 'null' then
@@ -436,6 +436,12 @@ end
 local start = string.format('%d-%d', start_ms, start_seq)
 return {redis.call('XRANGE', KEYS[1], start, '+'), redis.call('XRANGE', KEYS[2], start, '+')}
 """
+
+
+def _publishing(command, script):
+    """`script` with `publish` set to `command`: a Cluster's shard channels live on their
+    slot's nodes only (SPUBLISH); one server's channel is PUBLISHed."""
+    return f"local publish = '{command}'\n" + script
 
 
 class PushChannel:
@@ -734,9 +740,6 @@ class RedisState(State):
         else:
             self.shards = [Keys('nsio:', channel=channel + ':messages')]
         self.shard_count = len(self.shards)
-        #: A Cluster's shard channels live on their slot's node only (SPUBLISH); one
-        #: server's channel is PUBLISHed.
-        self._publish = 'SPUBLISH' if self.cluster else 'PUBLISH'
         self._ttl_ms = int(self.registration_ttl * 1000)
         self._history_ms = int(self.history_ttl * 1000)
         self._idempotency_ms = int(self.idempotency_ttl * 1000)
@@ -747,9 +750,9 @@ class RedisState(State):
         self._scripts = {name: self.redis.register_script(source) for name, source in (
             ('register', _REGISTER), ('claim', _CLAIM), ('confirm', _CONFIRM),
             ('release', _RELEASE), ('revoke', _REVOKE), ('sessions', _SESSIONS),
-            ('append', _APPEND), ('history', _HISTORY), ('due', _DUE),
-            ('fallback', _FALLBACK), ('presence', _PRESENCE), ('status', _STATUS),
-            ('take', _TAKE))}
+            ('append', _publishing('SPUBLISH' if self.cluster else 'PUBLISH', _APPEND)),
+            ('history', _HISTORY), ('due', _DUE), ('fallback', _FALLBACK),
+            ('presence', _PRESENCE), ('status', _STATUS), ('take', _TAKE))}
         self.outbox = RedisOutbox(self)
         self.wait_replicas = config.redis_wait_replicas
         #: Pushes pipelined on one connection per server: only under gevent, as the
@@ -976,6 +979,10 @@ class RedisState(State):
         rest and repeats nothing), unless no script can have run (StateUnavailable).
         """
         payload = jsoncodec.dumps(message)
+        if self.shard_count == 1 or (len(targets) == 1 and targets[0] is not EVERYONE):
+            keys = self.keys_of(targets[0]) if self.shard_count > 1 else self.shards[0]
+            return self._appended(message, self._run_once(keys, 'append', *self._append_call(
+                keys, targets, payload, idempotency, fallback_after)))
         by_shard = {}   # Keys -> the positions in `targets` it holds
         for position, target in enumerate(targets):
             for keys in self.shards if target is EVERYONE else [self.keys_of(target)]:
@@ -983,27 +990,31 @@ class RedisState(State):
         calls = [(keys, positions, self._append_call(keys, [targets[n] for n in positions],
                                                      payload, idempotency, fallback_after))
                  for keys, positions in by_shard.items()]
-        if len(calls) == 1:
-            keys, _, call = calls[0]
-            replies = [self._run_once(keys, 'append', *call)]
-        else:
-            replies = self._run_each(calls)
+        parts = [self._appended(message, reply) for reply in self._run_each(calls)]
         entries, online = [None] * len(targets), [None] * len(targets)
-        for (_, positions, _), reply in zip(calls, replies):
-            outcome, *found = reply
-            if outcome == 'conflict':
-                raise IdempotencyConflict()
-            for position, message_id, count in zip(positions, found[::2], found[1::2]):
+        for (_, positions, _), part in zip(calls, parts):
+            for position, entry, count in zip(positions, part.entries, part.online):
                 if entries[position] is None:   # a broadcast's: the first shard's
-                    entries[position] = Entry(message_id, parse_message_id(message_id)[0],
-                                              message)
-                    online[position] = None if count < 0 else count
-        return Appended(entries, repeated=all(reply[0] == 'repeated' for reply in replies),
-                        online=online)
+                    entries[position], online[position] = entry, count
+        return Appended(entries, repeated=all(part.repeated for part in parts), online=online)
+
+    @staticmethod
+    def _appended(message, reply):
+        """The append script's reply as an Appended (IdempotencyConflict for a conflict)."""
+        outcome, *found = reply
+        if outcome == 'conflict':
+            raise IdempotencyConflict()
+        return Appended([Entry(message_id, parse_message_id(message_id)[0], message)
+                         for message_id in found[::2]], repeated=outcome == 'repeated',
+                        online=[None if online < 0 else online for online in found[1::2]])
 
     def _run_each(self, calls):
         """The append scripts of several shards, sent at once; their replies, or the
         failure that tells the caller what may have been made."""
+        if len(calls) == 1:   # the targets are all in one shard
+            keys, _, call = calls[0]
+            return [self._run_once(keys, 'append', *call)]
+
         def run(keys, call):
             try:
                 return self._run_once(keys, 'append', *call)
@@ -1035,8 +1046,7 @@ class RedisState(State):
                  max(self._history_ms, _KEY_FLOOR_MS), payload, keys.channel,
                  idempotency.fingerprint if idempotency else '', self._idempotency_ms,
                  int(fallback_after * 1000) if fallback_after and self.webhook_urls else 0,
-                 self._online_ms, self._record_ms, MESSAGE_RECORDS, self._publish,
-                 *map(json.dumps, targets)])
+                 self._online_ms, self._record_ms, MESSAGE_RECORDS, *map(json.dumps, targets)])
 
     @staticmethod
     def _target_keys(keys, target):
