@@ -1,6 +1,7 @@
 """Failover of the Redis primary during pushes: what is lost, what is replayed, how long.
 
     python bench/failover.py [--topology sentinel,cluster] [--rounds 3] [--wait-replicas 1]
+                             [--no-full-coverage]
 
 Per round: a fresh topology (`sentinel`: a primary, its replica and three Sentinels;
 `cluster`: three primaries with a replica each; with `--wait-replicas N`, the server runs
@@ -39,11 +40,13 @@ ONLINE = AWAY = 20
 PUSHERS = 4
 
 
-def start_topology(kind, directory, replicas):
+def start_topology(kind, directory, replicas, full_coverage=True):
     if kind == 'sentinel':
         topology = conftest.SentinelSet(directory, replicas=replicas).start()
         return topology, lambda: topology.server_on(topology.primary_port())
-    topology = conftest.RedisClusterNodes(directory, primaries=3, replicas=replicas).start()
+    topology = conftest.RedisClusterNodes(
+        directory, primaries=3, replicas=replicas,
+        options=() if full_coverage else ['--cluster-require-full-coverage', 'no']).start()
     return topology, lambda: topology.primary_of(shard('user-0'))
 
 
@@ -53,9 +56,9 @@ def shard(user):
     return shard_prefixes(CLUSTER_SHARDS)[shard_number(user, CLUSTER_SHARDS)]
 
 
-def one_round(kind, directory, wait_replicas=0):
+def one_round(kind, directory, wait_replicas=0, full_coverage=True):
     # A replica more than the pushes wait for: after the failover, one is left to confirm.
-    topology, primary = start_topology(kind, directory, wait_replicas + 1)
+    topology, primary = start_topology(kind, directory, wait_replicas + 1, full_coverage)
     server = conftest.ServerProcess(env={'REDIS_URL': topology.url,
                                          'REDIS_WAIT_REPLICAS': str(wait_replicas),
                                          # Every push of the run stays in the history:
@@ -179,13 +182,17 @@ def main():
     parser.add_argument('--wait-replicas', type=int, default=0,
                         help='REDIS_WAIT_REPLICAS for the server (the topology gets one '
                              'replica more per primary)')
+    parser.add_argument('--no-full-coverage', action='store_true',
+                        help="the Cluster's nodes with cluster-require-full-coverage no: the "
+                             "slots that keep a primary are served while one has none")
     args = parser.parse_args()
     import tempfile
     rows = {}
     for kind in args.topology.split(','):
         for n in range(args.rounds):
             with tempfile.TemporaryDirectory() as directory:
-                figures = one_round(kind, Path(directory), args.wait_replicas)
+                figures = one_round(kind, Path(directory), args.wait_replicas,
+                                    not args.no_full_coverage)
             print(f'{kind} round {n + 1}: {figures}', flush=True)
             rows.setdefault(kind, []).append(figures)
     fields = ['200', '503', '504', 'other', 'affected', 'others_failed', 'outage_s',

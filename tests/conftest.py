@@ -348,12 +348,14 @@ class RedisServer:
 
 
 class RedisClusterNodes:
-    """A real Redis Cluster: `primaries` redis-servers on free ports, each with `replicas`."""
+    """A real Redis Cluster: `primaries` redis-servers on free ports, each with `replicas`;
+    `options`, more of redis-server's, for every node."""
 
-    def __init__(self, directory, primaries=3, replicas=0):
+    def __init__(self, directory, primaries=3, replicas=0, options=()):
         self.nodes = [RedisServer(directory / f'node-{n}')
                       for n in range(primaries * (1 + replicas))]
         self.replicas = replicas
+        self.options = list(options)
         hosts = ','.join(f'127.0.0.1:{node.port}' for node in self.nodes[:primaries])
         self.url = f'redis+cluster://{hosts}'
 
@@ -363,7 +365,8 @@ class RedisClusterNodes:
             # The bus port is given: the default (port + 10000) may not exist.
             node.start(['--cluster-enabled', 'yes', '--cluster-node-timeout', '2000',
                         '--cluster-port', str(free_port()),
-                        '--cluster-config-file', str(node.directory / 'nodes.conf')])
+                        '--cluster-config-file', str(node.directory / 'nodes.conf'),
+                        *self.options])
         made = subprocess.run(
             ['redis-cli', '--cluster', 'create',
              *(f'127.0.0.1:{node.port}' for node in self.nodes),
