@@ -558,13 +558,10 @@ class PushChannel:
                     return
                 answer = line.waiting.popleft()
                 if answer is self._WAITED:   # `reply`: how many replicas confirmed
-                    confirmed = isinstance(reply, int) and reply >= self.replicas
                     held, line.held = line.held, []
                     for push, push_reply in held:
-                        if not confirmed and not isinstance(push_reply, Exception):
-                            push_reply = NotReplicated(
-                                f'Redis: WAIT {self.replicas}: {reply!r} in '
-                                f'{REPLICA_WAIT_MS} ms')
+                        if not isinstance(push_reply, Exception):
+                            push_reply = _not_replicated(self.replicas, reply) or push_reply
                         _settle(push, push_reply)
                 elif self.replicas:
                     line.held.append((answer, reply))
@@ -600,6 +597,14 @@ class PushChannel:
         """Open a new connection for the next push (this one reaches the wrong server)."""
         if self.line is not None:
             self._close(self.line)
+
+
+def _not_replicated(replicas, confirmed):
+    """NotReplicated if WAIT's answer (`confirmed`, the replicas that have the writes) is
+    short of `replicas`, else None."""
+    if isinstance(confirmed, int) and confirmed >= replicas:
+        return None
+    return NotReplicated(f'Redis: WAIT {replicas}: {confirmed!r} in {REPLICA_WAIT_MS} ms')
 
 
 def _settle(answer, reply):
@@ -826,10 +831,9 @@ class RedisState(State):
                 reply = connection.read_response()
             if self.wait_replicas:
                 connection.send_command('WAIT', self.wait_replicas, REPLICA_WAIT_MS)
-                confirmed = connection.read_response()
-                if confirmed < self.wait_replicas:
-                    raise NotReplicated(f'Redis: WAIT {self.wait_replicas}: {confirmed} in '
-                                        f'{REPLICA_WAIT_MS} ms')
+                missing = _not_replicated(self.wait_replicas, connection.read_response())
+                if missing is not None:
+                    raise missing
             return reply
         except (*_NOT_RUN, redis.ConnectionError, redis.TimeoutError, OSError) as error:
             connection.disconnect()
