@@ -47,13 +47,7 @@ def start_topology(kind, directory, replicas, full_coverage=True):
     topology = conftest.RedisClusterNodes(
         directory, primaries=3, replicas=replicas,
         options=() if full_coverage else ['--cluster-require-full-coverage', 'no']).start()
-    return topology, lambda: topology.primary_of(shard('user-0'))
-
-
-def shard(user):
-    """The key prefix of a user's shard on a Cluster (REDIS_CLUSTER_SHARDS unset)."""
-    from notification_socketio.state.redis import CLUSTER_SHARDS, shard_number, shard_prefixes
-    return shard_prefixes(CLUSTER_SHARDS)[shard_number(user, CLUSTER_SHARDS)]
+    return topology, lambda: topology.primary_of(conftest.cluster_shard('user-0'))
 
 
 def one_round(kind, directory, wait_replicas=0, full_coverage=True):
@@ -100,7 +94,8 @@ def one_round(kind, directory, wait_replicas=0, full_coverage=True):
             thread.start()
         victim = primary()
         affected = set(users) if kind == 'sentinel' else {
-            user for user in users if topology.primary_of(shard(user)) is victim}
+            user for user in users
+            if topology.primary_of(conftest.cluster_shard(user)) is victim}
         time.sleep(3)
         killed_at = time.monotonic()
         victim.process.send_signal(signal.SIGKILL)

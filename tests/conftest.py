@@ -347,6 +347,13 @@ class RedisServer:
         self.process.wait(timeout=10)
 
 
+def cluster_shard(user_id):
+    """The key prefix of a user's shard on a Cluster, as the server splits its state
+    (REDIS_CLUSTER_SHARDS unset): its slot is where the user's keys are."""
+    from notification_socketio.state.redis import CLUSTER_SHARDS, shard_number, shard_prefixes
+    return shard_prefixes(CLUSTER_SHARDS)[shard_number(user_id, CLUSTER_SHARDS)]
+
+
 class RedisClusterNodes:
     """A real Redis Cluster: `primaries` redis-servers on free ports, each with `replicas`;
     `options`, more of redis-server's, for every node."""

@@ -11,12 +11,11 @@ import uuid
 import pytest
 import requests
 
-from conftest import FAST_HEARTBEAT, TOKEN, RedisClusterNodes, wait_for
+from conftest import FAST_HEARTBEAT, TOKEN, RedisClusterNodes, cluster_shard, wait_for
 from notification_socketio.config import Config
 from notification_socketio.state import OutcomeUnknown, StateUnavailable
 from notification_socketio.state import parse_message_id
-from notification_socketio.state.redis import (CLUSTER_SHARDS, RedisState, shard_number,
-                                               shard_prefixes)
+from notification_socketio.state.redis import CLUSTER_SHARDS, RedisState, shard_prefixes
 
 
 @pytest.fixture
@@ -53,11 +52,6 @@ def test_processes_on_a_cluster_or_behind_sentinels_act_as_one(
     assert newer.until_received([message_id]) == [message_id]
 
 
-def _shard(user_id):
-    """The key prefix of a user's shard on a Cluster (REDIS_CLUSTER_SHARDS unset)."""
-    return shard_prefixes(CLUSTER_SHARDS)[shard_number(user_id, CLUSTER_SHARDS)]
-
-
 def test_a_cluster_spreads_its_users_over_every_primary_in_shards(
         redis_cluster, start_server, listeners):
     a, b = (start_server(env={'REDIS_URL': redis_cluster.url, **FAST_HEARTBEAT})
@@ -66,7 +60,7 @@ def test_a_cluster_spreads_its_users_over_every_primary_in_shards(
         primaries = {node.name: node for node in client.get_primaries()}
         users = {}   # a primary's name -> a user whose shard it serves
         for n in range(1000):
-            users.setdefault(client.get_node_from_key(_shard(f'u{n}')).name, f'u{n}')
+            users.setdefault(client.get_node_from_key(cluster_shard(f'u{n}')).name, f'u{n}')
         assert users.keys() == primaries.keys()
     tabs = {}
     for n, user_id in enumerate(users.values()):
@@ -123,7 +117,7 @@ def replicated(request, tmp_path):
 
 def _primary(topology, user_id):
     if isinstance(topology, RedisClusterNodes):
-        return topology.primary_of(_shard(user_id))
+        return topology.primary_of(cluster_shard(user_id))
     return topology.server_on(topology.primary_port())
 
 
