@@ -533,7 +533,7 @@ def cluster_state(request):
     state.close()
 
 
-def _users_of_shards(state, *shards):
+def users_of_shards(state, *shards):
     """A user of each shard given."""
     return [next(f'u{n}' for n in range(100000) if state.shard_of(f'u{n}') == shard)
             for shard in shards]
@@ -542,7 +542,7 @@ def _users_of_shards(state, *shards):
 def test_a_broadcast_reaches_every_shard_each_with_its_own_id(cluster_state):
     state = cluster_state
     assert state.shard_count == 16
-    users = _users_of_shards(state, *range(16))
+    users = users_of_shards(state, *range(16))
     registered(state, *users)
     for user_id in users:
         state.append([user_id], 'before')
@@ -558,7 +558,7 @@ def test_a_broadcast_reaches_every_shard_each_with_its_own_id(cluster_state):
 def test_a_push_made_in_some_shards_only_is_unknown_and_a_keyed_retry_makes_the_rest(
         cluster_state, monkeypatch):
     state = cluster_state
-    made, refused = _users_of_shards(state, 1, 2)
+    made, refused = users_of_shards(state, 1, 2)
     registered(state, made, refused)
     key = Idempotency('key-1', 'fingerprint')
     run_once = state._run_once

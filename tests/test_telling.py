@@ -18,7 +18,7 @@ from notification_socketio.state.redis import RedisState
 from notification_socketio.webhooks import MemoryOutbox, backoff, sign, verify
 
 from test_state import (FakeClock, RealClock, backend,  # noqa: F401  (fixtures)
-                        redis_url, shared_topologies)
+                        redis_url, shared_topologies, users_of_shards)
 
 URLS = ('http://receiver.test/a', 'http://receiver.test/b')
 GRACE = 0.4
@@ -254,8 +254,7 @@ def cluster_telling(request):
 def test_a_shard_whose_server_fails_holds_back_no_other_shards_events(
         cluster_telling, monkeypatch):
     state = cluster_telling
-    up, down = (next(f'u{n}' for n in range(100000) if state.shard_of(f'u{n}') == shard)
-                for shard in (1, 2))
+    up, down = users_of_shards(state, 1, 2)
     for user_id in (up, down):
         state.register(user_id, 'c1')
         state.claim(user_id, 'c1', 'sid-' + user_id)   # user.online, in the user's shard
