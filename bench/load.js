@@ -37,12 +37,25 @@ const sockets = [];
 const pollingAgent = options.keepAlive
   ? new http.Agent({ keepAlive: true, maxSockets: Infinity }) : undefined;
 
+// With `sourceAddresses` (SCALE), each session's connection comes from one of that many
+// loopback addresses (127.0.0.2, 127.0.0.3, ...). From one address to one server port,
+// Linux gives connect() ephemeral ports from half the local port range first (28,232
+// ports here, so about 14,000); past that, each connect() searches the range in the
+// kernel, and the generator's system time, not the server, sets the opening rate.
+let opened = 0;
+function sourceAddress() {
+  if (!options.sourceAddresses) return {};
+  opened += 1;
+  return { localAddress: `127.0.0.${2 + (opened % options.sourceAddresses)}` };
+}
+
 async function openSession(userId, connectionId, transport, onMessage) {
   await request('PUT', `/api/${userId}/register?connectionId=${connectionId}`);
   return new Promise((resolve, reject) => {
     const socket = io(options.url, { transports: [transport], forceNew: true,
                                      reconnection: false, timeout: 30000,
-                                     ...(pollingAgent ? { agent: pollingAgent } : {}) });
+                                     ...(pollingAgent ? { agent: pollingAgent } : {}),
+                                     ...sourceAddress() });
     sockets.push(socket);
     socket.on('message', onMessage);
     socket.on('connect_error', reject);
@@ -214,6 +227,7 @@ async function scale() {
     }
   };
   const chunkRates = [];
+  const openCpu = process.cpuUsage();
   const openStarted = performance.now();
   for (let start = 0; start < count; start += chunk) {
     const size = Math.min(chunk, count - start);
@@ -222,10 +236,12 @@ async function scale() {
     chunkRates.push(size / ((performance.now() - t0) / 1000));
   }
   const openSeconds = (performance.now() - openStarted) / 1000;
+  const openGeneratorCpu = cpuShare(openCpu, openSeconds);
   process.stdout.write(`READY ${JSON.stringify({ open_rate: count / openSeconds, chunkRates })}\n`);
   await new Promise((resolve) => process.stdin.once('data', resolve));
   const result = { sessions: count, open_rate: count / openSeconds,
-                   open_rate_first: chunkRates[0], open_rate_last: chunkRates[chunkRates.length - 1] };
+                   open_rate_first: chunkRates[0], open_rate_last: chunkRates[chunkRates.length - 1],
+                   open_generator_cpu: openGeneratorCpu };
   if (options.broadcast) {
     const all = new Promise((resolve) => { onBroadcastDone = resolve; });
     const broadcastCpu = process.cpuUsage();
