@@ -2,7 +2,9 @@
 // Express 4 and Socket.IO 4, as a team would run it instead of notification-socketio.
 // Written for the benchmark only: no history, no recovery. With REDIS_URL it runs as a
 // Socket.IO deployment of several processes would: the official Redis adapter
-// (@socket.io/redis-adapter), a room per user, pushes emitted to the user's room.
+// (@socket.io/redis-adapter), a room per user, pushes emitted to the user's room. With
+// REDIS_CLUSTER_NODES (comma-separated redis:// URLs of a Redis Cluster's primaries) it runs
+// the same adapter's sharded form, for Redis 7's shard channels, on a cluster client.
 'use strict';
 const http = require('http');
 const express = require('express');
@@ -14,9 +16,18 @@ app.use(express.json({ limit: '64kb' }));
 const server = http.createServer(app);
 const io = new Server(server, { cors: { origin: '*' } });
 const token = process.env.AUTH_TOKEN;
-const redisUrl = process.env.REDIS_URL;
+const clusterNodes = process.env.REDIS_CLUSTER_NODES;
+const redisUrl = process.env.REDIS_URL || clusterNodes;
 let ready = Promise.resolve();
-if (redisUrl) {
+if (clusterNodes) {
+  const { createCluster } = require('redis');
+  const { createShardedAdapter } = require('@socket.io/redis-adapter');
+  const pub = createCluster({ rootNodes: clusterNodes.split(',').map((url) => ({ url })) });
+  const sub = pub.duplicate();
+  ready = Promise.all([pub.connect(), sub.connect()]).then(() => {
+    io.adapter(createShardedAdapter(pub, sub));
+  });
+} else if (redisUrl) {
   const { createClient } = require('redis');
   const { createAdapter } = require('@socket.io/redis-adapter');
   const pub = createClient({ url: redisUrl });
