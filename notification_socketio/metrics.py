@@ -87,7 +87,7 @@ class _LiveValues:
         parked = GaugeMetricFamily('nsio_websockets_parked',
                                    'WebSockets read from the event loop, without a reader '
                                    'greenlet')
-        parked.add_metric([], sum(getattr(socket, 'frames', None) is not None
+        parked.add_metric([], sum(getattr(socket, 'watcher', None) is not None
                                   for socket in list(eio_sockets.values())))
         held = GaugeMetricFamily('nsio_registrations_held',
                                  'Registrations held by a socket of this process')

@@ -159,3 +159,85 @@ def test_a_message_over_max_payload_drops_the_connection(server):
     except OSError:
         pass   # dropped while it was still sending
     assert_ended(connection)
+
+
+def test_a_text_frame_that_is_not_utf8_is_refused_with_its_close_code(server):
+    connection = opened(server)
+    handshake(connection)
+    connection.sock.sendall(frame(b'42["\xff"]'))   # whole, short, text: all but UTF-8
+    received = assert_ended(connection)
+    assert b'\x88' in received and received[received.index(b'\x88') + 2:][:2] == b'\x03\xef'
+
+
+def wsproto_texts(data):
+    """What wsproto makes of `data` from a client: its whole text messages, or None when
+    it makes anything else of it (a fragment, another event, a part still to come)."""
+    import wsproto
+    from wsproto import events
+    connection = wsproto.Connection(wsproto.ConnectionType.SERVER)
+    connection.receive_data(data)
+    texts = []
+    for event in connection.events():
+        if not (isinstance(event, events.TextMessage) and event.message_finished
+                and event.frame_finished):
+            return None
+        texts.append(event.data)
+    connection.receive_data(frame('6'))   # nothing of `data` may be left half-read
+    tail = list(connection.events())
+    if len(tail) != 1 or getattr(tail[0], 'data', None) != '6':
+        return None
+    return texts
+
+
+def random_client_frame(rng):
+    """One frame as clients send them, or as broken and unusual ones come."""
+    text = rng.choice(['3', '40', '42["register","u","c"]', '', 'é€😀' * rng.randint(1, 40),
+                       'x' * rng.choice([124, 125, 126, 127, 300, 65535, 65536, 70000])])
+    payload = text.encode()
+    opcode, fin = ABNF.OPCODE_TEXT, 1
+    kind = rng.random()
+    if kind < 0.06:
+        payload = payload[:-1] + b'\xff' if payload else b'\xc3'   # not UTF-8
+    elif kind < 0.12:
+        opcode = rng.choice([ABNF.OPCODE_BINARY, ABNF.OPCODE_PING, ABNF.OPCODE_PONG,
+                             ABNF.OPCODE_CLOSE, ABNF.OPCODE_CONT])
+        payload = payload[:125] if opcode >= 8 else payload
+    elif kind < 0.16:
+        fin = 0
+    data = bytearray(ABNF(fin, 0, 0, 0, opcode, 1, payload).format())
+    kind = rng.random()
+    if kind < 0.03:
+        data[0] |= rng.choice([0x40, 0x20, 0x10])   # an extension bit, none negotiated
+    elif kind < 0.04:
+        data[0] = (data[0] & 0xf0) | rng.choice([3, 7, 11])   # a reserved opcode
+    elif kind < 0.08:   # unmasked
+        data[1] &= 0x7f
+        data = data[:2 + {126: 2, 127: 8}.get(data[1], 0)] + payload
+    elif kind < 0.12 and len(payload) <= 125:   # its length in two bytes, not one
+        data = bytes([data[0], 0x80 | 126]) + len(payload).to_bytes(2, 'big') + data[2:]
+    return bytes(data)
+
+
+def test_whole_text_frames_are_decoded_exactly_as_wsproto_decodes_them():
+    import random
+    from notification_socketio.transport import whole_text_frames
+    rng = random.Random(6455)
+    decoded = 0
+    for _ in range(3000):
+        data = b''.join(random_client_frame(rng) for _ in range(rng.randint(1, 4)))
+        if rng.random() < 0.2:
+            data = data[:rng.randrange(1, len(data) + 1)]   # as the network may cut it
+        texts = whole_text_frames(data)
+        if texts is not None:   # else wsproto decodes it, as before
+            assert texts == wsproto_texts(data), data[:80]
+            decoded += 1
+    assert decoded > 1000   # the usual frames are not all left to wsproto
+
+
+def test_what_clients_usually_send_is_decoded_without_wsproto():
+    from notification_socketio.transport import whole_text_frames
+    usual = ['3', '40', '42["register","user-42","c1",{"since":"1-0"}]', '430[{"ok":true}]',
+             '42["x",' + '"y"' * 100 + ']', 'é' * 30_000]
+    for text in usual:
+        assert whole_text_frames(frame(text)) == [text]
+    assert whole_text_frames(frame('3') + frame('40')) == ['3', '40']
