@@ -89,6 +89,12 @@ class _LiveValues:
                                    'greenlet')
         parked.add_metric([], sum(getattr(socket, 'watcher', None) is not None
                                   for socket in list(eio_sockets.values())))
+        decoding = GaugeMetricFamily('nsio_websockets_wsproto',
+                                     'WebSockets whose frames wsproto decodes (their client '
+                                     'sent a piece of a frame, a control frame or a fragment); '
+                                     'the others\' whole text frames are decoded without it')
+        decoding.add_metric([], sum(getattr(socket, 'frames', None) is not None
+                                    for socket in list(eio_sockets.values())))
         held = GaugeMetricFamily('nsio_registrations_held',
                                  'Registrations held by a socket of this process')
         held.add_metric([], len(delivery.holders))
@@ -103,7 +109,7 @@ class _LiveValues:
                                   'with a socket here; none left behind)')
         rooms.add_metric([], sum(1 for room in self.server.socketio.server.manager.rooms.get(
             '/', {}) if isinstance(room, str) and room.startswith('user:')))
-        found = [sockets, legacy, direct, parked, held, users, errors, rooms]
+        found = [sockets, legacy, direct, parked, decoding, held, users, errors, rooms]
         if self.server.webhooks is not None:
             queued = self.server.webhooks.queued()
             if queued is not None:

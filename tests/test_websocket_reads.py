@@ -70,6 +70,9 @@ def test_an_idle_websocket_runs_no_reader_greenlet(start_server):
         assert_connected(connection)
         wait_for(lambda: server.metric('nsio_websockets_parked') == 1,
                  message='the WebSocket read from the event loop')
+        connection.send('421["nothing"]')   # whole frames: decoded without wsproto
+        assert connection.recv().startswith('431[{"ok":false')
+        assert server.metric('nsio_websockets_wsproto') == 0
         assert 'idle WebSockets read by the event loop' in server.log()
     finally:
         connection.close()
@@ -100,6 +103,11 @@ def test_a_fragmented_message_with_a_ping_between_its_fragments_is_put_together(
         pong = connection.recv_data_frame(control_frame=True)
         assert (pong[0], pong[1].data) == (ABNF.OPCODE_PONG, b'between')
         assert_connected(connection)
+        assert server.metric('nsio_websockets_wsproto') >= 1   # its frames, from now on
+        connection.send('42["nothing"]')
+        connection.ping(b'again')
+        pong = connection.recv_data_frame(control_frame=True)
+        assert (pong[0], pong[1].data) == (ABNF.OPCODE_PONG, b'again')
     finally:
         connection.close()
 
