@@ -240,7 +240,8 @@ async function scale() {
   process.stdout.write(`READY ${JSON.stringify({ open_rate: count / openSeconds, chunkRates })}\n`);
   await new Promise((resolve) => process.stdin.once('data', resolve));
   const result = { sessions: count, open_rate: count / openSeconds,
-                   open_rate_first: chunkRates[0], open_rate_last: chunkRates[chunkRates.length - 1],
+                   open_rate_first: chunkRates[0],
+                   open_rate_last: chunkRates[chunkRates.length - 1],
                    open_generator_cpu: openGeneratorCpu };
   if (options.broadcast) {
     const all = new Promise((resolve) => { onBroadcastDone = resolve; });
