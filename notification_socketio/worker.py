@@ -35,11 +35,12 @@ class RequestHeaders:
     pywsgi and gunicorn's access log use (tests/test_contract.py checks that).
     """
 
-    __slots__ = ('status', '_fields')
+    __slots__ = ('status', '_fields', '_first')
 
     def __init__(self, rfile):
         self.status = ''
         self._fields = fields = []   # [name, value], in order
+        self._first = first = {}     # lower-case name: the first [name, value] of that name
         while True:
             line = rfile.readline(MAX_HEADER_LINE + 1)
             if len(line) > MAX_HEADER_LINE:
@@ -58,14 +59,13 @@ class RequestHeaders:
             if not sep:
                 self.status = 'Malformed header line'
                 return
-            fields.append([name.strip(), value.strip()])
+            field = [name.strip(), value.strip()]
+            fields.append(field)
+            first.setdefault(field[0].lower(), field)
 
     def get(self, name, default=None):
-        name = name.lower()
-        for field_name, value in self._fields:
-            if field_name.lower() == name:
-                return value
-        return default
+        field = self._first.get(name.lower())
+        return default if field is None else field[1]
 
     getheader = get
 
@@ -83,6 +83,7 @@ class RequestHeaders:
     def __delitem__(self, name):
         name = name.lower()
         self._fields[:] = [field for field in self._fields if field[0].lower() != name]
+        self._first.pop(name, None)
 
 
 _date = [0, b'']   # [second, its HTTP date]

@@ -288,6 +288,7 @@ def test_request_headers_read_as_pywsgi_reads_them(head):
     assert ours.items() == [(name, value(text)) for name, text in theirs.items()]
     del ours['content-length']
     del theirs['content-length']
+    assert ours.get('Content-Length') is None and theirs.get('Content-Length') is None
     assert ours.headers == [f'{name}: {value(text)}\r\n' for name, text in theirs.items()]
 
 
