@@ -105,6 +105,10 @@ READ_BUFFER = 2048
 #: A response body up to this size leaves in the same send as its head.
 ONE_SEND = 65536
 
+#: Linux's send() flag "more data follows": the kernel holds the bytes for the next send
+#: (200 ms at most) instead of pushing them to the client at once.
+MSG_MORE = getattr(socket, 'MSG_MORE', 0)
+
 
 class Handler(WebSocketHandler, PyWSGIHandler):
     """gevent-websocket's handler, logging like gunicorn's gevent handler.
@@ -116,6 +120,7 @@ class Handler(WebSocketHandler, PyWSGIHandler):
 
     draining = False
     _idle = weakref.WeakSet()   # handlers waiting for their connection's next request
+    open_follows = False        # an Engine.IO OPEN packet follows this upgrade's 101 at once
 
     @classmethod
     def drain(cls):
@@ -160,9 +165,12 @@ class Handler(WebSocketHandler, PyWSGIHandler):
         if self.environ.get('HTTP_UPGRADE', '').lower() != 'websocket':
             return None   # no upgrade asked (gevent-websocket's own first check)
         query = parse_qs(self.environ.get('QUERY_STRING', ''))
-        if self.environ.get('PATH_INFO', '').startswith(ENGINEIO_PATH) and \
-                query.get('transport') != ['websocket']:
+        engineio = self.environ.get('PATH_INFO', '').startswith(ENGINEIO_PATH)
+        if engineio and query.get('transport') != ['websocket']:
             return None   # no Engine.IO WebSocket: refused by Engine.IO, before any upgrade
+        # A new session (no sid) gets its OPEN packet right after the 101; an upgrade
+        # from long-polling waits for the client's probe, which waits for the 101.
+        self.open_follows = engineio and 'sid' not in query
         origin = self.environ.get('HTTP_ORIGIN')
         server = getattr(self.application, 'extensions', {}).get('notification_socketio')
         if origin and server is not None:
@@ -201,6 +209,13 @@ class Handler(WebSocketHandler, PyWSGIHandler):
             head += value
             head += b'\r\n'
         head += b'\r\n'
+        if not data and self.open_follows and self.status.startswith(b'101'):
+            # The 101 and the OPEN packet reach the client in one segment: one wake-up of
+            # the client, and one transmit for the kernel, fewer per session.
+            sent = self.socket.send(head, MSG_MORE)
+            if sent < len(head):
+                self._sendall(head[sent:])
+            return
         if data and len(data) <= ONE_SEND and not self.response_use_chunked:
             head += data
             self._sendall(head)

@@ -249,3 +249,36 @@ def test_what_clients_usually_send_is_decoded_without_wsproto():
     for text in usual:
         assert whole_text_frames(frame(text)) == [text]
     assert whole_text_frames(frame('3') + frame('40')) == ['3', '40']
+
+
+def upgrade_request(server, query):
+    connection = socket.create_connection(('127.0.0.1', server.port), timeout=10)
+    connection.sendall(f'GET /socket.io/?{query} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n'
+                       'Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n'
+                       'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n'.encode())
+    return connection
+
+
+def test_a_new_websocket_gets_its_101_and_open_packet_together(server):
+    # One segment: the client wakes once for both (the 101 alone would wake it first).
+    connection = upgrade_request(server, 'EIO=4&transport=websocket')
+    try:
+        first = connection.recv(65536)
+        assert first.startswith(b'HTTP/1.1 101 '), first
+        assert b'\r\n\r\n\x81' in first and b'"sid"' in first, first
+    finally:
+        connection.close()
+
+
+def test_an_upgrade_from_long_polling_gets_its_101_before_the_probe(server):
+    # Here the server's next frame answers the client's probe, which waits for the 101.
+    sid = json.loads(requests.get(server.url + '/socket.io/?EIO=4&transport=polling',
+                                  timeout=10).text[1:])['sid']
+    connection = upgrade_request(server, f'EIO=4&transport=websocket&sid={sid}')
+    try:
+        head = connection.recv(65536)
+        assert head.startswith(b'HTTP/1.1 101 ') and head.endswith(b'\r\n\r\n'), head
+        connection.sendall(frame('2probe'))
+        assert connection.recv(65536) == b'\x81\x063probe'
+    finally:
+        connection.close()
