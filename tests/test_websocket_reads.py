@@ -38,6 +38,12 @@ def handshake(connection):
     return json.loads(packet[1:])
 
 
+def polling_sid(server):
+    """A new long-polling session's sid."""
+    return json.loads(requests.get(server.url + '/socket.io/?EIO=4&transport=polling',
+                                   timeout=10).text[1:])['sid']
+
+
 def frame(data, opcode=ABNF.OPCODE_TEXT, fin=1):
     """A frame as a client sends it (masked)."""
     return ABNF.create_frame(data, opcode, fin).format()
@@ -115,8 +121,7 @@ def test_a_fragmented_message_with_a_ping_between_its_fragments_is_put_together(
 def test_frames_sent_with_the_upgrade_in_one_write_are_all_read(server):
     # The handshake's reader may have read past the UPGRADE packet: what it read is
     # handed over with the connection.
-    sid = json.loads(requests.get(server.url + '/socket.io/?EIO=4&transport=polling',
-                                  timeout=10).text[1:])['sid']
+    sid = polling_sid(server)
     connection = opened(server, f'EIO=4&transport=websocket&sid={sid}')
     try:
         connection.send('2probe')
@@ -272,8 +277,7 @@ def test_a_new_websocket_gets_its_101_and_open_packet_together(server):
 
 def test_an_upgrade_from_long_polling_gets_its_101_before_the_probe(server):
     # Here the server's next frame answers the client's probe, which waits for the 101.
-    sid = json.loads(requests.get(server.url + '/socket.io/?EIO=4&transport=polling',
-                                  timeout=10).text[1:])['sid']
+    sid = polling_sid(server)
     connection = upgrade_request(server, f'EIO=4&transport=websocket&sid={sid}')
     try:
         head = connection.recv(65536)
