@@ -716,9 +716,7 @@ class DirectSocket(eio_socket.Socket):
             texts = whole_text_frames(data)
             if texts is not None:
                 for p in texts:
-                    if len(p) > self.server.max_http_buffer_size:
-                        return False   # as python-engineio: the connection is dropped
-                    if not self._dispatch(p) or self.closed:
+                    if not self._message(p):
                         return False
                 return not self.closed
             frames = self.frames = wsproto.Connection(wsproto.ConnectionType.SERVER)
@@ -728,8 +726,6 @@ class DirectSocket(eio_socket.Socket):
                 parts = self.message_parts
                 if parts is None and event.message_finished:
                     p = event.data   # the usual case: a message in one piece
-                    if len(p) > self.server.max_http_buffer_size:
-                        return False   # as python-engineio: the connection is dropped
                 else:   # in pieces: the attributes are set only then (an idle socket's
                     if parts is None:   # dict stays small)
                         parts = self.message_parts = []
@@ -742,7 +738,7 @@ class DirectSocket(eio_socket.Socket):
                         continue
                     self.message_parts = None
                     p = parts[0][:0].join(parts)
-                if not self._dispatch(p) or self.closed:
+                if not self._message(p):
                     return False
             elif isinstance(event, wsproto_events.Ping):
                 self._write(frames.send(event.response()))
@@ -752,6 +748,12 @@ class DirectSocket(eio_socket.Socket):
                     self._write(frames.send(event.response()))
                 return False
         return not self.closed
+
+    def _message(self, p):
+        """A whole message from the client; False when the socket must end."""
+        if len(p) > self.server.max_http_buffer_size:
+            return False   # as python-engineio: the connection is dropped
+        return self._dispatch(p) and not self.closed
 
     def _end(self):
         """The connection is over: close the socket, the watcher and the connection."""
