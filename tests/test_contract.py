@@ -63,6 +63,12 @@ def test_python_engineio_socket_as_transport_extends_it():
     has(socket, 'queue', 'closed', 'closing', 'connected', 'upgraded', 'upgrading',
         'last_ping', 'sid', 'server')
     has(socket.queue, 'peek')   # DirectSocket.poll waits for a packet without taking it
+    # transport.PollQueue: each socket's queue comes from the server's create_queue, and
+    # gevent's watchers take fed events (the prompt wake-up of a waiting long-poll).
+    assert 'self.queue = self.server.create_queue()' in inspect.getsource(
+        eio_socket.base_socket.BaseSocket.__init__)
+    assert type(socket.queue).__name__ == 'PollQueue'
+    has(gevent.get_hub().loop.check(), 'feed')
     assert set(eio.handlers) >= {'connect', 'message'}
     # transport.py swaps the class of each new socket as python-engineio makes it.
     assert 'socket.Socket(self, sid)' in inspect.getsource(engineio.Server._handle_connect)
@@ -328,8 +334,8 @@ def test_the_real_server_runs_every_fast_path(start_server, listeners):
     wait_for(lambda: server.metric('nsio_websockets_direct') == 1,
              message='the WebSocket written directly')
     log = server.log()
-    assert ('fast paths on: direct WebSocket writes, timer PINGs, fast push and register '
-            'routes, orjson') in log
+    assert ('fast paths on: direct WebSocket writes, timer PINGs, prompt long-poll wake-ups, '
+            'fast push and register routes, orjson') in log
     assert 'fast paths on: gunicorn handler' in log
     assert 'log records without thread or caller lookups' in log
     assert 'fast path OFF' not in log
