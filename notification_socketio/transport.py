@@ -39,7 +39,7 @@ answer one message per poll and spend its time on polls; this way the messages t
 arrive while it is busy leave together. A poll on a connection kept alive (a browser's)
 costs little and is answered at once: under load the lull held those answers 60 to 100
 ms for next to no gain. "At once" means in the same turn of the event loop: a poll that
-waits for a packet wakes right after the greenlet that queued it (PollQueue, Prompt),
+waits for a packet wakes right after the greenlet that queued it (PollQueue, wakeup),
 not after every other greenlet that the turn made ready.
 
 A client that stops reading cannot make the server hold its messages without bound:
@@ -55,7 +55,6 @@ import struct
 import time
 
 import gevent
-import gevent.core
 import gevent.event
 import gevent.hub
 import gevent.queue
@@ -66,6 +65,8 @@ from wsproto import utilities as wsproto_errors
 from engineio import exceptions
 from engineio import packet as eio_packet
 from engineio import socket as eio_socket
+
+from . import wakeup
 
 _CLOSE_FRAME = b'\x88\x02\x03\xe8'   # WebSocket close, status 1000
 _NO_BODY = io.BytesIO(b'')   # a finished request's wsgi.input
@@ -163,10 +164,10 @@ def fast_paths(eio):
         on.append('timer PINGs')
     else:
         _fast_path_off('timer PINGs', 'gevent\'s loop has no timer')
-    if _can_feed():
-        on.append('prompt long-poll wake-ups')
+    if wakeup.available():
+        on.append('prompt wake-ups of long-polls and Redis pushes')
     else:
-        _fast_path_off('prompt long-poll wake-ups', 'gevent\'s watchers have no feed()')
+        _fast_path_off('prompt wake-ups', 'gevent\'s watchers have no feed()')
     return on
 
 
@@ -193,7 +194,7 @@ def install(eio, hooks):
     one namespace, "/": a CONNECT to any other gets the protocol's CONNECT_ERROR.
     """
     eio.nsio_hooks = hooks
-    if _can_feed():
+    if wakeup.available():
         eio.create_queue = PollQueue   # every socket's queue (python-engineio's seam)
     on_message = eio.handlers['message']
 
@@ -296,64 +297,16 @@ class Lull:
 _LULL = Lull()
 
 
-class Prompt:
-    """Wakes waiting long-polls right after the greenlet that queued their packet.
-
-    gevent's queue wakes its waiter with a loop callback, and the loop runs callbacks
-    once a turn, after every greenlet that the turn's I/O made ready: under load a
-    packet waited 6 to 10 ms for a poll that was already there. Here the waker feeds
-    an event to a watcher of its own, which libev runs next in the same turn. A greenlet
-    woken that way may itself schedule callbacks after this turn's callbacks ran: a
-    zero timer, started with each wake-up, keeps the loop from blocking on I/O first.
-    """
-
-    def __init__(self):
-        self.queues = []      # PollQueues whose poll wakes in the next run
-        self.watcher = None   # a libev check watcher, never started: only fed
-        self.guard = None     # the zero timer
-
-    def wake(self, queue):
-        self.queues.append(queue)
-        if len(self.queues) > 1:
-            return   # fed already
-        loop = gevent.get_hub().loop
-        if self.watcher is None or self.watcher.loop is not loop:
-            self.watcher, self.guard = loop.check(), loop.timer(0)
-        self.watcher.feed(gevent.core.READ, self._run)
-        if not self.guard.active:
-            self.guard.start(_nothing)
-
-    def _run(self):
-        queues, self.queues = self.queues, []
-        for queue in queues:
-            queue.wake(queue.poll)
-
-
-def _can_feed():
-    """True if gevent's loop watchers take fed events (Prompt relies on it)."""
-    watcher = gevent.get_hub().loop.check()
-    try:
-        return callable(getattr(watcher, 'feed', None))
-    finally:
-        watcher.close()
-
-
-def _nothing():
-    pass
-
-
-_PROMPT = Prompt()
-
-
 class PollQueue(gevent.queue.JoinableQueue):
-    """A socket's packet queue whose put wakes a waiting long-poll at once (Prompt)."""
+    """A socket's packet queue whose put wakes a waiting long-poll in the same turn of the
+    event loop (wakeup.soon), not after every other greenlet that the turn made ready."""
 
     poll = None   # the Waiter of the long-poll waiting in wait()
 
     def put(self, item, block=True, timeout=None):
         super().put(item, block, timeout)
         if self.poll is not None:
-            _PROMPT.wake(self)
+            wakeup.soon(self.wake, self.poll)
 
     def wait(self, timeout):
         """Wait for a packet (without taking it); gevent.queue.Empty after `timeout`."""

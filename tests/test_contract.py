@@ -334,8 +334,8 @@ def test_the_real_server_runs_every_fast_path(start_server, listeners):
     wait_for(lambda: server.metric('nsio_websockets_direct') == 1,
              message='the WebSocket written directly')
     log = server.log()
-    assert ('fast paths on: direct WebSocket writes, timer PINGs, prompt long-poll wake-ups, '
-            'fast push and register routes, orjson') in log
+    assert ('fast paths on: direct WebSocket writes, timer PINGs, prompt wake-ups of long-polls '
+            'and Redis pushes, fast push and register routes, orjson') in log
     assert 'fast paths on: gunicorn handler' in log
     assert 'log records without thread or caller lookups' in log
     assert 'fast path OFF' not in log

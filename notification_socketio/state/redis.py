@@ -29,6 +29,7 @@ import json
 import zlib
 
 import gevent.event
+import gevent.hub
 import gevent.lock
 import gevent.monkey
 import redis
@@ -37,7 +38,7 @@ from redis.backoff import NoBackoff
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.retry import Retry
 
-from .. import jsoncodec, redisconn
+from .. import jsoncodec, redisconn, wakeup
 from .base import (EVERYONE, MESSAGE_RECORDS, Appended, Claim, Entry, IdempotencyConflict,
                    MessageStatus, NotRegistered, NotReplicated, OutcomeUnknown, Revoked,
                    Sessions, State, StateUnavailable, TooManySessions, parse_message_id)
@@ -467,7 +468,7 @@ class PushChannel:
         def __init__(self, pool, connection):
             self.pool = pool
             self.connection = connection
-            #: An AsyncResult per push packed, in order; with replicas to wait for, a
+            #: A Waiter per push packed, in order; with replicas to wait for, a
             #: _WAITED after the pushes of each write.
             self.waiting = collections.deque()
             self.packed = []   # the pushes packed since the last write
@@ -489,7 +490,7 @@ class PushChannel:
     def call(self, command, script, keys, args):
         """EVALSHA/EVAL's answer (or error reply); StateUnavailable (not written) or
         OutcomeUnknown."""
-        answer = gevent.event.AsyncResult()
+        answer = gevent.hub.Waiter()
         with self.opening:   # one connection at a time (connecting may block)
             line = self.line
             if line is not None and not line.waiting and self._gone(line):
@@ -579,7 +580,7 @@ class PushChannel:
         held, line.held = line.held, []
         for answer in [answer for answer, _ in held] + list(line.waiting):
             if answer is not self._WAITED:
-                answer.set_exception(failure)
+                wakeup.soon(answer.throw, failure)
         line.waiting.clear()
         self.state._failed(self.shard)
 
@@ -608,10 +609,12 @@ def _not_replicated(replicas, confirmed):
 
 
 def _settle(answer, reply):
+    """Give a push its answer: its greenlet resumes right after the reader yields, in the
+    same turn of the event loop (wakeup.py), not after the rest of the turn."""
     if isinstance(reply, Exception):
-        answer.set_exception(reply)
+        wakeup.soon(answer.throw, reply)
     else:
-        answer.set(reply)
+        wakeup.soon(answer.switch, reply)
 
 
 def _unavailable_on_error(method):

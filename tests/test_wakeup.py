@@ -1,4 +1,5 @@
-"""A long-poll waiting for a packet wakes as soon as the packet is queued.
+"""A greenlet waiting for a packet (a long-poll) or a reply (a push on Redis) resumes in
+the same turn of the event loop as the greenlet that gave it, right after it (wakeup.py).
 
 In-process, with gevent's own primitives: what runs in which order in one turn of the
 event loop is the behaviour, so it is observed directly rather than timed.
@@ -7,14 +8,17 @@ import socket as stdlib_socket
 
 import gevent
 import gevent.event
-import gevent.queue
+import gevent.hub
 import gevent.socket
+import pytest
+import redis
 
 from engineio import packet as eio_packet
 from engineio import socket as eio_socket
 
 from notification_socketio import create_app, transport
 from notification_socketio.config import Config
+from notification_socketio.state import redis as redis_state
 
 READERS = 20
 
@@ -32,41 +36,62 @@ def polling_socket():
     return socket
 
 
-def test_a_waiting_poll_runs_right_after_the_greenlet_that_sent_its_packet():
-    # Twenty connections become readable in the same turn of the loop; the first reader
-    # to run sends a packet to a long-poll that waits. The poll must not wait behind the
-    # other nineteen requests of that turn (gevent's queue wakes its waiter only then).
-    socket = polling_socket()
+def one_turn(wake, waiting):
+    """Order in which greenlets run when READERS connections become readable in one turn
+    of the loop and the first reader to run calls `wake()`, for `waiting()`, a greenlet
+    that waits meanwhile: 'woke' marks where it resumed."""
     order = []
     pairs = [stdlib_socket.socketpair() for _ in range(READERS)]
     ours = [gevent.socket.socket(fileno=a.detach()) for a, _ in pairs]
 
-    def poll():
-        order.append(('poll', socket.poll()))
+    def waiter():
+        result = waiting()
+        order.append('woke')
+        return result
 
     def reader(i, conn):
         conn.recv(1)
-        if 'send' not in order:
-            order.append('send')
-            socket.send(eio_packet.Packet(eio_packet.MESSAGE, 'hello'))
+        if 'wake' not in order:
+            order.append('wake')
+            wake()
         order.append(i)
 
-    poller = gevent.spawn(poll)
+    waiting_greenlet = gevent.spawn(waiter)
     readers = [gevent.spawn(reader, i, conn) for i, conn in enumerate(ours)]
-    gevent.sleep(0.05)   # every greenlet waits: the poll on the queue, the readers on I/O
+    gevent.sleep(0.05)   # every greenlet waits: the waiter for its wake-up, the readers on I/O
     assert order == []
     for _, theirs in pairs:
         theirs.send(b'x')
-    gevent.joinall([poller, *readers], timeout=10)
-    assert len(order) == READERS + 2, order
-    sent = order.index('send')
-    woke = next(i for i, entry in enumerate(order) if isinstance(entry, tuple))
-    assert woke == sent + 2, order   # the sender finishes its turn, then the poll runs
-    assert [p.data for p in order[woke][1]] == ['hello']
+    gevent.joinall([waiting_greenlet, *readers], timeout=10)
     for conn in ours:
         conn.close()
     for _, theirs in pairs:
         theirs.close()
+    assert len(order) == READERS + 2, order
+    return order, waiting_greenlet.get()
+
+
+def test_a_waiting_poll_runs_right_after_the_greenlet_that_sent_its_packet():
+    # The poll must not wait behind the other nineteen requests of the turn (gevent's
+    # queue wakes its waiter only after them).
+    socket = polling_socket()
+    order, packets = one_turn(
+        lambda: socket.send(eio_packet.Packet(eio_packet.MESSAGE, 'hello')), socket.poll)
+    assert order.index('woke') == order.index('wake') + 2, order   # the sender ends, then
+    assert [p.data for p in packets] == ['hello']                   # the poll runs
+
+
+def test_a_redis_push_resumes_right_after_the_reader_that_read_its_answer():
+    # state/redis.py's PushChannel: each push waits on a Waiter that the reader greenlet
+    # settles with the push's reply (or error).
+    answer = gevent.hub.Waiter()
+    order, reply = one_turn(lambda: redis_state._settle(answer, b'1-0'), answer.get)
+    assert order.index('woke') == order.index('wake') + 2, order
+    assert reply == b'1-0'
+    failed = gevent.hub.Waiter()
+    order, _ = one_turn(lambda: redis_state._settle(failed, redis.ResponseError('NOSCRIPT')),
+                        lambda: pytest.raises(redis.ResponseError, failed.get))
+    assert order.index('woke') == order.index('wake') + 2, order
 
 
 def test_a_poll_on_a_connection_of_its_own_does_not_take_the_prompt_wake_up():
