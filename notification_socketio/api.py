@@ -5,7 +5,7 @@ import logging
 from flask import Blueprint, current_app, request
 from werkzeug.routing import PathConverter
 
-from . import __version__
+from . import __version__, wakeup
 from .delivery import redact
 from .errors import error_response
 from .webhooks import safe_url
@@ -75,6 +75,7 @@ def push(user_id):
     user_id = check_id(user_id, 'userId')
     message, payload = _read_message()
     appended = _push([user_id], message, fallback_after_of(payload))
+    wakeup.after_this_turn()   # the turn's other pushes deliver before this answer
     return _answer({'id': appended.entries[0].message_id, 'online': appended.online[0]},
                    appended)
 

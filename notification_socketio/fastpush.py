@@ -17,7 +17,7 @@ import io
 import logging
 import time
 
-from . import errors, jsoncodec
+from . import errors, jsoncodec, wakeup
 from .delivery import redact
 from .metrics import PUSH_ROUTES, outcome_of
 from .state import TooManySessions
@@ -140,6 +140,7 @@ class FastPush:
             return '500 INTERNAL SERVER ERROR', _HEADERS, errors.error_body('internal error')
         self.pushed.inc()
         self.latency.observe(time.perf_counter() - started)
+        wakeup.after_this_turn()   # the turn's other pushes deliver before this answer
         body = ('{"id":%s,"online":%d}\n' % (jsoncodec.dumps(appended.entries[0].message_id),
                                               appended.online[0])).encode()
         return '200 OK', _REPLAYED if appended.repeated else _HEADERS, body

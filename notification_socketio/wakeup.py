@@ -10,6 +10,10 @@ started with each wake-up, keeps the loop from blocking on I/O before they run.
 
 `function` runs in the hub, as a watcher's callback does: it may switch to a greenlet
 (a `gevent.hub.Waiter`'s `switch` or `throw`), never block.
+
+`after_this_turn()` is the other way round: the caller steps back until every greenlet
+that this turn made ready has run. A push answers its HTTP request that way (api.py,
+fastpush.py): the messages of every push read in the same turn reach their sockets first.
 """
 import sys
 
@@ -49,6 +53,12 @@ class _Soon:
 
 def _nothing():
     pass
+
+
+def after_this_turn():
+    """Resume once the greenlets that this turn of the event loop made ready have run
+    (gevent.sleep(0) puts the caller behind them, in the loop's callbacks)."""
+    gevent.sleep(0)
 
 
 def available():

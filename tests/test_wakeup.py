@@ -15,6 +15,9 @@ import redis
 
 from engineio import packet as eio_packet
 from engineio import socket as eio_socket
+from werkzeug.test import EnvironBuilder
+
+from conftest import TOKEN
 
 from notification_socketio import create_app, transport
 from notification_socketio.config import Config
@@ -122,3 +125,36 @@ def test_what_a_promptly_woken_poll_schedules_runs_without_waiting_for_io():
     assert done.wait(timeout=5)
     poller.join(timeout=5)
     assert poller.successful()
+
+
+@pytest.mark.parametrize('body', [
+    {'json': {'message': 'hello'}},   # the fast route
+    {'data': {'message': 'hello'}},   # a form body (the original's): through Flask
+])
+def test_the_pushes_of_one_turn_all_deliver_before_any_is_answered(monkeypatch, body):
+    # A message reaches its sockets as soon as its push is read; the HTTP answers of the
+    # turn's pushes to one user each wait until the others delivered too
+    # (wakeup.after_this_turn).
+    app = create_app(Config.for_testing())
+    delivery = app.extensions['notification_socketio'].delivery
+    order = []
+    push = delivery.push
+
+    def delivered(targets, *args):
+        appended = push(targets, *args)
+        order.append(('delivered', targets[0]))
+        return appended
+
+    monkeypatch.setattr(delivery, 'push', delivered)
+
+    def post(i):
+        environ = EnvironBuilder(path=f'/api/u{i}/push', method='POST',
+                                 headers={'X-AUTH-TOKEN': TOKEN}, **body).get_environ()
+        return b''.join(app.wsgi_app(
+            environ, lambda status, headers: order.append(('answered', f'u{i}', status))))
+
+    posts = [gevent.spawn(post, i) for i in range(3)]   # all run in the same turn
+    gevent.joinall(posts, timeout=10)
+    assert all(p.successful() for p in posts)
+    assert order[:3] == [('delivered', f'u{i}') for i in range(3)], order
+    assert order[3:] == [('answered', f'u{i}', '200 OK') for i in range(3)], order
