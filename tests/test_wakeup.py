@@ -9,6 +9,7 @@ import socket as stdlib_socket
 import gevent
 import gevent.event
 import gevent.hub
+import gevent.queue
 import gevent.socket
 import pytest
 import redis
@@ -158,3 +159,22 @@ def test_the_pushes_of_one_turn_all_deliver_before_any_is_answered(monkeypatch, 
     assert all(p.successful() for p in posts)
     assert order[:3] == [('delivered', f'u{i}') for i in range(3)], order
     assert order[3:] == [('answered', f'u{i}', '200 OK') for i in range(3)], order
+
+
+def test_a_poll_waits_until_its_timeout_and_no_longer():
+    queue = engineio_server().create_queue()
+    with pytest.raises(gevent.queue.Empty):
+        queue.wait(0.05)
+    assert queue.poll is None   # a packet put later wakes nobody
+    queue.put('packet')
+    assert queue.wait(1) == 'packet'   # there already: no wait
+
+
+def test_closing_the_socket_ends_a_waiting_poll():
+    # python-engineio's close() queues None for the poll under way.
+    socket = polling_socket()
+    poller = gevent.spawn(socket.poll)
+    gevent.sleep(0.05)
+    assert socket.queue.poll is not None
+    socket.close(wait=False, abort=True)
+    assert poller.get(timeout=5) == []
