@@ -63,6 +63,11 @@ class Metrics:
         self.registry.register(_LiveValues(server))
 
 
+def _having(sockets, attribute):
+    """How many of `sockets` have `attribute` set (transport.DirectSocket's state)."""
+    return sum(getattr(socket, attribute, None) is not None for socket in sockets)
+
+
 class _LiveValues:
     """Gauges read when Prometheus scrapes, rather than kept up to date on every event."""
 
@@ -75,26 +80,24 @@ class _LiveValues:
                                     'Engine.IO connections open on this process')
         eio_sockets = self.server.socketio.server.eio.sockets
         sockets.add_metric([], len(eio_sockets))
+        open_sockets = list(eio_sockets.values())   # one snapshot for every count below
         legacy = GaugeMetricFamily('nsio_sockets_engineio3',
                                    'Engine.IO connections of socket.io-client 1.x and 2.x '
                                    '(Engine.IO 3): when 0 for long, they can be dropped')
         legacy.add_metric([], sum(getattr(socket, 'engineio3', False)
-                                  for socket in list(eio_sockets.values())))
+                                  for socket in open_sockets))
         direct = GaugeMetricFamily('nsio_websockets_direct',
                                    'WebSockets written directly, without a writer greenlet')
-        direct.add_metric([], sum(getattr(socket, 'conn', None) is not None
-                                  for socket in list(eio_sockets.values())))
+        direct.add_metric([], _having(open_sockets, 'conn'))
         parked = GaugeMetricFamily('nsio_websockets_parked',
                                    'WebSockets read from the event loop, without a reader '
                                    'greenlet')
-        parked.add_metric([], sum(getattr(socket, 'watcher', None) is not None
-                                  for socket in list(eio_sockets.values())))
+        parked.add_metric([], _having(open_sockets, 'watcher'))
         decoding = GaugeMetricFamily('nsio_websockets_wsproto',
                                      'WebSockets whose frames wsproto decodes (their client '
                                      'sent a piece of a frame, a control frame or a fragment); '
                                      'the others\' whole text frames are decoded without it')
-        decoding.add_metric([], sum(getattr(socket, 'frames', None) is not None
-                                    for socket in list(eio_sockets.values())))
+        decoding.add_metric([], _having(open_sockets, 'frames'))
         held = GaugeMetricFamily('nsio_registrations_held',
                                  'Registrations held by a socket of this process')
         held.add_metric([], len(delivery.holders))
