@@ -313,15 +313,12 @@ class PollQueue(gevent.queue.JoinableQueue):
         if self.qsize() or self.poll is not None:
             return super().peek(timeout=timeout)
         self.poll = waiter = gevent.hub.Waiter()
-        timer = None
-        if timeout is not None:
-            timer = gevent.get_hub().loop.timer(timeout)
-            timer.start(self.wake, waiter)
+        timer = gevent.get_hub().loop.timer(timeout)
+        timer.start(self.wake, waiter)
         try:
             waiter.get()
         finally:
-            if timer is not None:
-                timer.close()
+            timer.close()
             if self.poll is waiter:
                 self.poll = None
         return super().peek(block=False)   # Empty if the time ran out

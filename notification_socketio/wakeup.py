@@ -27,14 +27,21 @@ class _Soon:
         self.calls = []       # (function, args), in order
         self.watcher = None   # a libev check watcher, never started: only fed
         self.guard = None     # the zero timer
+        self.feeds = False    # the watcher takes fed events
 
-    def __call__(self, function, *args):
+    def ready(self):
+        """Make the watcher and the zero timer on this thread's loop, once; True if the
+        watcher takes fed events."""
         loop = gevent.get_hub().loop
         if self.watcher is None or self.watcher.loop is not loop:
             self.watcher, self.guard = loop.check(), loop.timer(0)
-        if not hasattr(self.watcher, 'feed'):
-            loop.run_callback(function, *args)   # gevent's own wake-up (transport.py
-            return                               # logs that this fast path is off)
+            self.feeds = callable(getattr(self.watcher, 'feed', None))
+        return self.feeds
+
+    def __call__(self, function, *args):
+        if not self.ready():
+            gevent.get_hub().loop.run_callback(function, *args)   # gevent's own wake-up
+            return                           # (transport.py logs that this path is off)
         self.calls.append((function, args))
         if len(self.calls) > 1:
             return   # fed already
@@ -61,15 +68,11 @@ def after_this_turn():
     gevent.sleep(0)
 
 
-def available():
-    """True if gevent's loop watchers take fed events (what `soon` relies on)."""
-    watcher = gevent.get_hub().loop.check()
-    try:
-        return callable(getattr(watcher, 'feed', None))
-    finally:
-        watcher.close()
-
-
 #: soon(function, *args): call `function(*args)` from the hub right after the current
 #: greenlet yields, in the same turn of the event loop.
 soon = _Soon()
+
+
+def available():
+    """True if gevent's loop watchers take fed events (what `soon` relies on)."""
+    return soon.ready()
