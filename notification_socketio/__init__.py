@@ -79,7 +79,7 @@ def create_app(config=None):
     events.guard_event_names(socketio.server)
     transport.install(socketio.server.eio, transport.Hooks(
         config.max_socket_buffer_bytes, on_ping=manager.on_ping, on_pong=manager.on_pong,
-        on_overflow=server_metrics.slow_consumers.inc))
+        on_overflow=server_metrics.slow_consumers.inc, poll_gather=config.long_poll_gather))
     state.outbox.on_drop = server_metrics.webhooks_dropped.inc
     sender = Sender(state.outbox, config.webhook_secret, config.webhook_retry_for,
                     server_metrics) if config.webhook_urls else None

@@ -42,6 +42,7 @@ class Config:
     socketio_client_dir: str = None
     ping_interval: float = 25.0
     ping_timeout: float = 20.0
+    long_poll_gather: float = 0.15
     max_sessions_per_user: int = 10000
     max_register_failures: int = 5
     max_socket_buffer_bytes: int = 1048576
@@ -82,6 +83,7 @@ class Config:
             socketio_client_dir=_client_dir(env.get('SOCKETIO_CLIENT_DIR', '').strip()),
             ping_interval=_float(env, 'PING_INTERVAL', 25.0),
             ping_timeout=_float(env, 'PING_TIMEOUT', 20.0),
+            long_poll_gather=_float(env, 'LONG_POLL_GATHER', 0.15, low=0, high=1),
             max_sessions_per_user=_int(env, 'MAX_SESSIONS_PER_USER', 10000, low=1),
             max_register_failures=_int(env, 'MAX_REGISTER_FAILURES', 5, low=1),
             max_socket_buffer_bytes=_int(env, 'MAX_SOCKET_BUFFER_BYTES', 1048576,
@@ -126,7 +128,7 @@ def _int(env, name, default, low=None, high=None):
     return value
 
 
-def _float(env, name, default, low=None):
+def _float(env, name, default, low=None, high=3600):
     raw = env.get(name, '').strip()
     if not raw:
         return default
@@ -134,8 +136,8 @@ def _float(env, name, default, low=None):
         value = float(raw)
     except ValueError:
         raise ConfigError(f'{name} must be a number of seconds, not {raw!r}') from None
-    if not (0 < value if low is None else low <= value) or value > 3600:
-        raise ConfigError(f'{name} must be between {low or 0} and 3600 seconds, not {raw}')
+    if not (0 < value if low is None else low <= value) or value > high:
+        raise ConfigError(f'{name} must be between {low or 0} and {high} seconds, not {raw}')
     return value
 
 

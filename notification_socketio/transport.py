@@ -42,6 +42,15 @@ ms for next to no gain. "At once" means in the same turn of the event loop: a po
 waits for a packet wakes right after the greenlet that queued it (PollQueue, wakeup),
 not after every other greenlet that the turn made ready.
 
+Such a session that is answered back to back (its last two answers within twice
+LONG_POLL_GATHER of each other: a stream of messages) is paced: its next answer leaves
+no sooner than LONG_POLL_GATHER after the previous one, and carries what came meanwhile.
+A worker with time to spare has no lull to gather in, and a stream would cost the client
+and the worker a TCP connection per message. The first two answers after a quiet spell
+go at once: a registration's CONNECT and acknowledgement (or the answer that ends the
+poll when a client upgrades to WebSocket, as the official clients do while connecting),
+a lone notification.
+
 A client that stops reading cannot make the server hold its messages without bound:
 past MAX_SOCKET_BUFFER_BYTES waiting for it (behind the flusher on WebSocket, in the
 queue on long-polling), its transport is dropped. The official client then reconnects,
@@ -177,10 +186,12 @@ def _size(pkt):
 
 
 class Hooks:
-    """What DirectSockets of one Engine.IO server report to, and their buffer limit."""
+    """What DirectSockets of one Engine.IO server report to, their buffer limit, and how
+    long a stream's long-polls on connections of their own gather (module docstring)."""
 
-    def __init__(self, max_buffer_bytes, on_ping, on_pong, on_overflow):
+    def __init__(self, max_buffer_bytes, on_ping, on_pong, on_overflow, poll_gather=0.0):
         self.max_buffer_bytes = max_buffer_bytes
+        self.poll_gather = poll_gather  # LONG_POLL_GATHER, seconds
         self.on_ping = on_ping          # (eio_sid): a PING is queued behind what was sent
         self.on_pong = on_pong          # (eio_sid): the client answered it
         self.on_overflow = on_overflow  # (): a slow consumer was dropped
@@ -359,6 +370,8 @@ class DirectSocket(eio_socket.Socket):
     message_size = 0
     one_shot = False     # the poll under way came on a connection of its own (not the
                          # handshake's: its answer, the OPEN packet, has nothing to gather)
+    answered = 0.0       # when the last two answers to such polls left (time.monotonic())
+    answered_before = float('-inf')
 
     def send(self, pkt):
         """Send a packet to the client (never blocks)."""
@@ -403,7 +416,8 @@ class DirectSocket(eio_socket.Socket):
         """Wait for packets to send on long-polling (python-engineio's), counting them out.
 
         Once one waits, the answer to a poll on a connection of its own waits for a lull
-        of the worker (module docstring).
+        of the worker, or is paced if the session is answered back to back (module
+        docstring).
         """
         timeout = self.server.ping_interval + self.server.ping_timeout
         try:
@@ -414,7 +428,7 @@ class DirectSocket(eio_socket.Socket):
         except self.server.get_queue_empty_exception():
             raise exceptions.QueueEmpty() from None
         if self.one_shot:
-            _LULL.wait(LULL_WAIT)
+            self._gather()
         packets = [self._exact_handshake(pkt) for pkt in super().poll()]
         self.queued_bytes = max(self.queued_bytes - sum(map(_size, packets)), 0)
         if self.engineio3:
@@ -422,6 +436,17 @@ class DirectSocket(eio_socket.Socket):
             # read this response: the next poll acknowledges what goes out now.
             self.server.nsio_hooks.on_ping(self.sid)
         return packets
+
+    def _gather(self):
+        """Before answering a poll on a connection of its own: pace a stream, else wait for
+        a lull of the worker (module docstring)."""
+        gather = self.server.nsio_hooks.poll_gather
+        wait = self.answered + gather - time.monotonic()
+        if wait > 0 and self.answered - self.answered_before < 2 * gather:
+            gevent.sleep(wait)
+        else:
+            _LULL.wait(LULL_WAIT)
+        self.answered_before, self.answered = self.answered, time.monotonic()
 
     def handle_get_request(self, environ, start_response):
         """A long-poll; from an Engine.IO 3 client, it acknowledges the previous one."""

@@ -10,6 +10,7 @@ def test_defaults_need_only_a_token():
     assert (config.port, config.redis_url, config.cors_allowed_origins) == (3000, None, '*')
     assert (config.registration_ttl, config.history_size, config.history_ttl) == (86400, 100, 300)
     assert (config.max_message_bytes, config.log_format, config.console) == (65536, 'text', True)
+    assert config.long_poll_gather == 0.15
 
 
 @pytest.mark.parametrize('value', [None, '', ' ', ',', ' , '])
@@ -28,12 +29,13 @@ def test_values_are_read():
         'AUTH_TOKEN': 't', 'PORT': '8080', 'REDIS_URL': 'rediss://h:6380/1',
         'CORS_ALLOWED_ORIGINS': 'https://a.example, http://b.example:8000/',
         'REGISTRATION_TTL': '10', 'HISTORY_SIZE': '0', 'HISTORY_TTL': '5',
-        'MAX_MESSAGE_BYTES': '1024', 'LOG_FORMAT': 'JSON', 'CONSOLE': '0'})
+        'MAX_MESSAGE_BYTES': '1024', 'LOG_FORMAT': 'JSON', 'CONSOLE': '0',
+        'LONG_POLL_GATHER': '0'})
     assert config.port == 8080 and config.redis_url == 'rediss://h:6380/1'
     assert config.cors_allowed_origins == ['https://a.example', 'http://b.example:8000']
     assert (config.registration_ttl, config.history_size, config.history_ttl) == (10, 0, 5)
     assert config.max_message_bytes == 1024 and config.log_format == 'json'
-    assert config.console is False
+    assert config.console is False and config.long_poll_gather == 0
 
 
 @pytest.mark.parametrize('url', [
@@ -54,6 +56,8 @@ def test_redis_urls_for_one_server_sentinel_and_cluster(url):
     ('CORS_ALLOWED_ORIGINS', 'example.com'), ('PING_INTERVAL', '0'),
     ('REDIS_WAIT_REPLICAS', '-1'), ('REDIS_WAIT_REPLICAS', 'one'),
     ('REDIS_CLUSTER_SHARDS', '0'), ('REDIS_CLUSTER_SHARDS', '1025'),
+    ('LONG_POLL_GATHER', '-0.1'), ('LONG_POLL_GATHER', '1.5'), ('LONG_POLL_GATHER', 'soon'),
+    ('LONG_POLL_GATHER', 'nan'),
 ])
 def test_wrong_values_are_refused_by_name(name, value):
     with pytest.raises(ConfigError, match=name):

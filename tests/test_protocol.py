@@ -7,6 +7,7 @@ its heartbeat at 300 ms / 200 ms, as that suite runs.
 import json
 import re
 import socket
+import threading
 import time
 
 import pytest
@@ -203,6 +204,83 @@ def test_a_long_polling_session_upgrades_to_websocket(server):
         assert polling.status_code == 400   # HTTP requests of an upgraded session
     finally:
         connection.close()
+
+
+class PollingOnConnectionsOfItsOwn:
+    """A registered long-polling session whose every request has a TCP connection of its
+    own (`Connection: close`), as socket.io-client in Node makes them."""
+
+    CLOSE = {'Connection': 'close'}
+
+    def __init__(self, server, user_id):
+        url = server.url + '/socket.io/?EIO=4&transport=polling'
+        self.sid = handshake(requests.get(url, headers=self.CLOSE, timeout=10).text)['sid']
+        self.url = f'{url}&sid={self.sid}'
+        assert server.register(user_id, 'c1').status_code == 200
+        self.send('40')
+        assert self.poll()[0].startswith('40{')                     # answer 1: CONNECT
+        self.send(f'421["register","{user_id}","c1"]')
+        self.acknowledged = time.monotonic()
+        assert self.poll() == ['431[{"ok":true}]']                  # answer 2
+        self.acknowledged = time.monotonic() - self.acknowledged
+
+    def send(self, payload):
+        response = requests.post(self.url, data=payload, headers=self.CLOSE, timeout=10)
+        assert response.status_code == 200, response.text
+
+    def poll(self):
+        return requests.get(self.url, headers=self.CLOSE, timeout=60).text.split('\x1e')
+
+    def messages_of(self, answer):
+        return [json.loads(packet[2:])[1]['n'] for packet in answer
+                if packet.startswith('42')]
+
+
+@pytest.mark.parametrize('gather', [1, 0])
+def test_a_stream_to_a_session_polling_on_connections_of_its_own_is_paced(
+        start_server, gather):
+    # Each such poll costs the client and the worker a TCP connection. While the session
+    # is answered back to back, an answer leaves no sooner than LONG_POLL_GATHER after
+    # the previous one and carries what came meanwhile; the first two answers after a
+    # quiet spell (here the CONNECT and the register's acknowledgement) leave at once.
+    # LONG_POLL_GATHER=0 answers every poll at once.
+    server = start_server({'LONG_POLL_GATHER': str(gather)})
+    session = PollingOnConnectionsOfItsOwn(server, 'paced')
+    assert session.acknowledged < 0.5
+    answers, received = [], threading.Condition()
+
+    def poller():
+        while len(sum(answers, [])) < 6:
+            answer = session.messages_of(session.poll())
+            with received:
+                answers.append(answer)
+                received.notify_all()
+
+    thread = threading.Thread(target=poller, daemon=True)
+    thread.start()
+    for n in range(6):
+        assert server.push('paced', {'n': n}).status_code == 200
+        # The next push once this one reached the client: at once unless it is held
+        # (with a gather of 1 s, these waits take half of it at most).
+        with received:
+            received.wait_for(lambda: n in sum(answers, []), timeout=0.1 if gather else 10)
+    thread.join(timeout=10)
+    assert sum(answers, []) == list(range(6))
+    carrying = [answer for answer in answers if answer]
+    if gather:
+        assert len(carrying) <= 2, answers   # held for the gather: one answer, or two
+    else:
+        assert carrying == [[n] for n in range(6)], answers
+
+    # After a quiet spell longer than the gather, a lone notification leaves at once.
+    time.sleep(gather + 0.2)
+    answer = []
+    thread = threading.Thread(target=lambda: answer.extend(session.poll()), daemon=True)
+    thread.start()
+    pushed = time.monotonic()
+    assert server.push('paced', {'n': 6}).status_code == 200
+    thread.join(timeout=10)
+    assert session.messages_of(answer) == [6] and time.monotonic() - pushed < 0.5
 
 
 def test_a_long_poll_answer_waits_for_a_lull_of_the_worker_but_no_longer_than_its_bound():
